@@ -1,0 +1,206 @@
+"""The `rollback` flow: the seed's procedure, step by step, each step a Prefect task.
+
+1. resolve the stable SHA (given, or the last known good)   -> tasks/resolve_sha.py
+2. verify its image exists in the registry, keep its digest  -> tasks/verify_image.py
+3. redeploy it through the environment's deploy target       -> tasks/deploy.py
+4. check health until it is stable, record the rollout       -> tasks/health_check.py
+5. tell the team in Slack, in one thread                     -> tasks/notify.py
+6. write the post-mortem artifacts, whatever happened        -> tasks/postmortem.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from runbook import messages
+from runbook.config import RunbookConfig, load_config
+from runbook.record import RollbackRecord, describe_error, utcnow
+from runbook.targets import DeployRequest
+from tasks.deploy import deploy, preflight_deploy
+from tasks.health_check import check_health, record_healthy_rollout
+from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started
+from tasks.postmortem import write_postmortem
+from tasks.resolve_sha import resolve_sha
+from tasks.verify_image import verify_image
+
+
+@dataclass(frozen=True)
+class RollbackSummary:
+    """What the run returns: the outcome and the figures a person wants first."""
+
+    outcome: str
+    service: str
+    environment: str
+    from_sha: str | None
+    to_sha: str | None
+    digest: str | None
+    time_to_recovery: float | None
+    step_seconds: dict[str, float]
+    postmortem: str
+
+
+@flow(name="rollback", flow_run_name="rollback-{service}-{environment}", timeout_seconds=4 * 3600)
+def rollback(
+    service: str,
+    environment: str,
+    sha: str | None = None,
+    reason: str = "",
+    incident: str | None = None,
+    dry_run: bool = False,
+    detected_at: datetime | None = None,
+    trigger: str = "manual",
+    config_path: str | None = None,
+) -> RollbackSummary:
+    """Roll a service back to its last stable version, telling everyone, and write the post-mortem.
+
+    Args:
+        service: the configured service to roll back.
+        environment: the environment to roll back (e.g. production).
+        sha: the commit to return to (7-40 hex characters); empty for the last known good version.
+        reason: why, in a few words (shown in Slack and in the post-mortem).
+        incident: incident id or link, if any.
+        dry_run: resolve, verify the image and check the deploy target only; change nothing.
+        detected_at: when the incident started (an alert's startsAt); default now.
+        trigger: who started the run: manual, alert, schedule.
+        config_path: the configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
+    """
+    config = load_config(config_path)
+    config.environment(service, environment)  # unknown service or environment: fail before anything
+    now = utcnow()
+    record = RollbackRecord(
+        service=service,
+        environment=environment,
+        trigger=trigger,
+        reason=reason,
+        incident=incident,
+        detected_at=detected_at or now,
+        started_at=now,
+        dry_run=dry_run,
+        run_url=flow_run.ui_url,
+    )
+    if record.run_url:
+        record.links["flow run"] = record.run_url
+    ctx = messages.IncidentContext(
+        service=service,
+        environment=environment,
+        reason=reason,
+        incident=incident,
+        mentions=tuple(config.service(service).slack.mentions),
+        run_url=record.run_url,
+        language=config.slack.language,
+    )
+    thread = Posted(None, None, "dry run: nothing posted")
+    try:
+        if not dry_run:
+            thread = notify_incident(config, ctx, messages.incident_message(ctx))
+            _slack_outcome(record, thread)
+        _procedure(config, record, ctx, thread, sha)
+    except Exception as exc:
+        step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
+        record.fail(step, describe_error(exc))
+        if not dry_run:
+            _slack_outcome(
+                record,
+                notify_outcome(config, ctx, thread, messages.failure_message(ctx, step, record.failure_reason or "")),
+            )
+        raise
+    finally:
+        record.ended_at = utcnow()
+        markdown = write_postmortem(record)
+    return RollbackSummary(
+        record.outcome,
+        service,
+        environment,
+        record.from_sha,
+        record.to_sha,
+        record.digest,
+        record.time_to_recovery,
+        {s.name: s.seconds for s in record.steps},
+        markdown,
+    )
+
+
+def _procedure(
+    config: RunbookConfig,
+    record: RollbackRecord,
+    ctx: messages.IncidentContext,
+    thread: Posted,
+    sha: str | None,
+) -> None:
+    """The seed's sections 3.1 to 3.3 and 4, in order."""
+    service, environment = record.service, record.environment
+    with record.step("resolve-sha") as step:
+        resolution = resolve_sha(config, service, environment, sha)
+        record.from_sha, record.to_sha, record.sha_source = (
+            resolution.running,
+            resolution.sha,
+            resolution.source,
+        )
+        step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
+        if resolution.warning:
+            record.warn(resolution.warning)
+        if resolution.compare_url:
+            record.links["changes rolled back"] = resolution.compare_url
+
+    with record.step("verify-image") as step:
+        image = verify_image(config, service, resolution.sha)
+        record.image, record.digest = image.image, image.digest
+        step.detail = f"{image.image} = {image.digest}"
+
+    if record.dry_run:
+        with record.step("preflight-deploy") as step:
+            step.detail = preflight_deploy(config, service, environment)
+        record.outcome = "dry-run"
+        return
+
+    _slack_outcome(
+        record,
+        notify_rollback_started(
+            config,
+            ctx,
+            thread,
+            messages.rollback_started_message(ctx, resolution.sha, resolution.compare_url),
+        ),
+    )
+    with record.step("deploy") as step:
+        request = DeployRequest(
+            service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
+        )
+        result = deploy(config, request)
+        step.detail = result.detail
+        step.state = "skipped" if result.skipped else "completed"
+        if result.link:
+            record.links["deploy"] = result.link
+
+    with record.step("health-check") as step:
+        report = check_health(config, service, environment)
+        record.healthy_at = utcnow()
+        record.health_summary = report.summary()
+        step.detail = report.verdict.reason
+    record.outcome = "recovered"
+    record_healthy_rollout(config, service, environment, resolution.sha, image.digest, record.run_url)
+
+    ttr = record.time_to_recovery or 0.0
+    get_run_logger().info(
+        "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
+    )
+    _slack_outcome(
+        record,
+        notify_outcome(
+            config,
+            ctx,
+            thread,
+            messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link),
+        ),
+    )
+
+
+def _slack_outcome(record: RollbackRecord, posted: Posted) -> None:
+    if posted.ok:
+        record.note("Slack message posted")
+    else:
+        record.warn(f"Slack: {posted.error}")

@@ -1,0 +1,115 @@
+"""The `runbook` command: `demo`, `rollback`, `check-config`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from runbook.errors import RunbookError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="The production-rollback runbook, on Prefect.")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="configuration file (default $RUNBOOK_CONFIG or ./runbook.yaml)"),
+]
+
+
+def prefect_defaults(home: Path | None = None) -> None:
+    """Prefect settings this project wants unless the user set them: no telemetry, state kept local."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if home is not None:
+        os.environ.setdefault("PREFECT_HOME", str(home))
+
+
+def _fail(exc: RunbookError) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration file; say what is wrong, key by key (exit 2 when invalid)."""
+    from runbook.config import load_config
+
+    try:
+        cfg = load_config(config)
+    except RunbookError as exc:
+        _fail(exc)
+        return
+    for name, service in cfg.services.items():
+        envs = ", ".join(f"{env} ({s.deploy.type})" for env, s in service.environments.items())
+        typer.echo(f"service {name}: {service.repository}@{service.branch}, image {service.image}, {envs}")
+    refs = [("github.token", cfg.github.token), ("slack.token", cfg.slack.token)]
+    refs += [(f"registries[{r.host}].password", r.password) for r in cfg.registries]
+    for key, ref in refs:
+        if ref is not None and ref.env is not None and not os.environ.get(ref.env):
+            typer.secho(f"warning: {key}: {ref.describe()} is not set here", fg=typer.colors.YELLOW)
+    typer.echo("configuration is valid")
+
+
+@app.command()
+def rollback(
+    service: Annotated[str, typer.Option(help="configured service")],
+    environment: Annotated[str, typer.Option(help="environment, e.g. production")],
+    sha: Annotated[str | None, typer.Option(help="commit to return to; default the last known good")] = None,
+    reason: Annotated[str, typer.Option(help="why, in a few words")] = "",
+    incident: Annotated[str | None, typer.Option(help="incident id or link")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="resolve and verify only; change nothing")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the rollback flow here and now (the Prefect UI and alerts use the deployments instead)."""
+    prefect_defaults()
+    from runbook.config import config_path
+
+    state = _run_rollback(
+        service=service,
+        environment=environment,
+        sha=sha,
+        reason=reason,
+        incident=incident,
+        dry_run=dry_run,
+        config_path=str(config_path(config)),
+    )
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _run_rollback(**parameters: Any) -> Any:
+    from flows.rollback import rollback as rollback_flow
+
+    return rollback_flow(**parameters, return_state=True)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option(help="where the sandbox and Prefect keep their files (default .runbook/)")
+    ] = None,
+) -> None:
+    """Roll a broken sandbox service back to its last known good version, end to end, on local servers."""
+    base = (workdir or Path(".runbook")).resolve()
+    prefect_defaults(base / "prefect")
+    from runbook.sandbox.demo import run_demo
+
+    ok = run_demo(Path(tempfile.mkdtemp(prefix="sandbox-", dir=_mkdir(base))), base / "prefect")
+    raise typer.Exit(0 if ok else 1)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main() -> None:
+    """Entry point for `python -m runbook.cli`."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

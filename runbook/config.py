@@ -1,0 +1,308 @@
+"""The runbook's configuration: one YAML file, validated once, secrets only by reference.
+
+A file looks like `runbook.example.yaml`. `load_config(path)` parses and validates it and raises
+`ConfigError` with one line per problem, each naming the key (`services.shop.environments.production.
+deploy.type`) and what is wrong with it. Secrets (GitHub token, Slack token, registry passwords) are
+`SecretRef`s: the name of an environment variable or of a Prefect Secret block, read only when used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from runbook.errors import ConfigError, SecretError
+
+DEFAULT_CONFIG_PATH = "runbook.yaml"
+CONFIG_ENV_VAR = "RUNBOOK_CONFIG"
+
+_NAME = r"^[a-z0-9][a-z0-9-]*$"
+_TAG_FIELDS = {"sha", "short_sha"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret lives: an environment variable or a Prefect Secret block, never its value."""
+
+    env: str | None = None
+    prefect_secret: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            kind, sep, name = value.partition(":")
+            if sep and kind == "env":
+                return {"env": name}
+            if sep and kind in ("prefect-secret", "prefect_secret"):
+                return {"prefect_secret": name}
+            raise ValueError(
+                "secrets are referenced, never written in the file: use {env: VAR_NAME} or "
+                "{prefect_secret: block-name} (or the short forms 'env:VAR_NAME', 'prefect-secret:block-name')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def describe(self) -> str:
+        """Where to look, for messages: `environment variable GITHUB_TOKEN`."""
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        return f"Prefect Secret block {self.prefect_secret!r}"
+
+    def reveal(self) -> SecretStr:
+        """Read the secret now; a missing one is a SecretError naming where it was looked for."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise SecretError(
+                    f"the secret in {self.describe()} is not set",
+                    hint=f"export {self.env}=... in the environment of the worker, or change the reference",
+                )
+            return SecretStr(value)
+        from prefect.blocks.system import Secret
+
+        try:
+            block = Secret.load(str(self.prefect_secret))
+        except ValueError as exc:
+            raise SecretError(
+                f"the {self.describe()} cannot be loaded",
+                hint="create it in the Prefect UI (Blocks > Secret) or with `prefect block create secret`",
+            ) from exc
+        return SecretStr(str(block.get()))
+
+
+class GitHubSettings(_Model):
+    """How to reach GitHub (or GitHub Enterprise, by base URL)."""
+
+    base_url: str = "https://api.github.com"
+    token: SecretRef | None = None
+    timeout_seconds: float = Field(default=15.0, gt=0)
+
+
+class SlackSettings(_Model):
+    """How to reach Slack and what to say there."""
+
+    base_url: str = "https://slack.com/api/"
+    token: SecretRef | None = None
+    language: Literal["fr", "en"] = "fr"
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class RegistrySettings(_Model):
+    """Credentials and transport for one registry host (`ghcr.io`, `127.0.0.1:5000`)."""
+
+    host: str
+    username: str | None = None
+    password: SecretRef | None = None
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> RegistrySettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both 'username' and 'password', or neither (anonymous)")
+        return self
+
+
+class GitHubActionsTarget(_Model):
+    """Deploy by dispatching the application's `rollback-production` workflow, as the seed does by hand."""
+
+    type: Literal["github-actions"]
+    workflow: str = "rollback-production.yml"
+    ref: str | None = Field(default=None, description="branch the workflow runs from; default the service branch")
+    sha_input: str = "sha"
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    timeout_seconds: float = Field(default=1800.0, gt=0)
+
+
+DeployTarget = Annotated[GitHubActionsTarget, Field(discriminator="type")]
+
+
+class Probe(_Model):
+    """One HTTP health endpoint and what a healthy answer looks like."""
+
+    url: str
+    name: str | None = None
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: int = Field(default=200, ge=100, le=599)
+    contains: str | None = Field(default=None, description="text the body must contain")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+
+class HealthSettings(_Model):
+    """When the service counts as healthy again."""
+
+    probes: list[Probe] = Field(min_length=1)
+    consecutive_successes: int = Field(default=3, ge=1)
+    interval_seconds: float = Field(default=1.0, ge=0)
+    probe_timeout_seconds: float = Field(default=5.0, gt=0)
+    deadline_seconds: float = Field(default=300.0, gt=0)
+
+
+class EnvironmentSettings(_Model):
+    """One environment of a service: where it is deployed and how it is checked."""
+
+    deploy: DeployTarget
+    health: HealthSettings
+    url: str | None = Field(default=None, description="public URL, linked in messages")
+
+
+class SlackRoute(_Model):
+    """Where a service's incidents are told and who is called."""
+
+    channel: str = "#incidents-prod"
+    mentions: list[str] = Field(default_factory=list, description="Slack ids: <@U123>, <!subteam^S123>")
+
+
+class ServiceSettings(_Model):
+    """One service: its code, its image and its environments."""
+
+    repository: str
+    branch: str = "main"
+    image: str
+    tag_format: str = "{sha}"
+    slack: SlackRoute = Field(default_factory=SlackRoute)
+    environments: dict[str, EnvironmentSettings] = Field(min_length=1)
+
+    @field_validator("repository")
+    @classmethod
+    def _owner_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", value):
+            raise ValueError("must be 'owner/name', e.g. 'acme/shop'")
+        return value
+
+    @field_validator("tag_format")
+    @classmethod
+    def _tag_format(cls, value: str) -> str:
+        fields = set(re.findall(r"{(\w*)}", value))
+        if not fields & _TAG_FIELDS:
+            raise ValueError("must contain {sha} or {short_sha}, e.g. '{sha}' or 'sha-{short_sha}'")
+        if fields - _TAG_FIELDS:
+            raise ValueError(f"unknown field(s) {sorted(fields - _TAG_FIELDS)}; only {{sha}} and {{short_sha}}")
+        return value
+
+    @field_validator("environments")
+    @classmethod
+    def _env_names(cls, value: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and dashes")
+        return value
+
+    def tag_for(self, sha: str) -> str:
+        """The image tag built for a full commit SHA."""
+        return self.tag_format.format(sha=sha, short_sha=sha[:7])
+
+
+class RunbookConfig(_Model):
+    """The whole file."""
+
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    registries: list[RegistrySettings] = Field(default_factory=list)
+    services: dict[str, ServiceSettings] = Field(min_length=1)
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"service name {name!r} must be lowercase letters, digits and dashes")
+        return value
+
+    def service(self, name: str) -> ServiceSettings:
+        """A configured service, or a ConfigError listing the known ones."""
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown service {name!r}",
+                hint=f"choose one of {sorted(self.services)} or add it to the configuration",
+            ) from None
+
+    def environment(self, service: str, environment: str) -> EnvironmentSettings:
+        """A configured environment of a service, or a ConfigError listing the known ones."""
+        envs = self.service(service).environments
+        try:
+            return envs[environment]
+        except KeyError:
+            raise ConfigError(
+                f"unknown environment {environment!r} for service {service!r}",
+                hint=f"choose one of {sorted(envs)} or add it under services.{service}.environments",
+            ) from None
+
+    def registry(self, host: str) -> RegistrySettings | None:
+        """The settings for a registry host, if any."""
+        return next((r for r in self.registries if r.host == host), None)
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        # pydantic names the union member it tried (e.g. `github-actions`); the key is clearer without it.
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key or '(top level)'}: {message}")
+    return f"{source} is invalid:\n" + "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "configuration") -> RunbookConfig:
+    """Validate already-parsed YAML data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} is invalid: the top level must be a mapping with a 'services' key")
+    try:
+        return RunbookConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The file to read: the argument, else $RUNBOOK_CONFIG, else ./runbook.yaml."""
+    return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RunbookConfig:
+    """Read and validate the configuration file."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the configuration file {file}: {exc.strerror}",
+            hint=f"pass --config PATH or set {CONFIG_ENV_VAR}; runbook.example.yaml shows the format",
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    return parse_config(data, source=str(file))

@@ -1,0 +1,32 @@
+"""The service's images in its registry: which reference a commit has, and whether it exists."""
+
+from __future__ import annotations
+
+from runbook.config import RunbookConfig, ServiceSettings
+from runbook.errors import ImageNotFoundError
+from runbook.registry import ManifestInfo, RegistryClient, RegistryCredentials, parse_image_ref
+
+
+def registry_client(config: RunbookConfig) -> RegistryClient:
+    """A registry client with the configured credentials (read from their references now)."""
+    credentials = {
+        r.host: RegistryCredentials(r.username, r.password.reveal().get_secret_value())
+        for r in config.registries
+        if r.username is not None and r.password is not None
+    }
+    insecure = [r.host for r in config.registries if r.insecure]
+    return RegistryClient(credentials=credentials, insecure_registries=insecure)
+
+
+def find_image(client: RegistryClient, service: ServiceSettings, sha: str) -> ManifestInfo:
+    """The manifest of the image built for `sha`, or ImageNotFoundError."""
+    return client.head_manifest(parse_image_ref(service.image, service.tag_for(sha)))
+
+
+def image_exists(client: RegistryClient, service: ServiceSettings, sha: str) -> bool:
+    """Whether the image built for `sha` is in the registry."""
+    try:
+        find_image(client, service, sha)
+    except ImageNotFoundError:
+        return False
+    return True

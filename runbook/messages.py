@@ -1,0 +1,140 @@
+"""What Slack is told, in one place: the seed's three messages (French, as written) and English.
+
+Pure functions over plain values. No secret, token or internal error dump goes in here: failure
+messages carry the step, a one-line reason written by this project, and the action for a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Language = Literal["fr", "en"]
+
+_TEXTS: dict[str, dict[Language, str]] = {
+    # The first three are the seed's "Messages clés", word for word.
+    "incident": {
+        "fr": "Incident en production détecté. Investigation en cours.",
+        "en": "Production incident detected. Investigation in progress.",
+    },
+    "rollback_started": {
+        "fr": "Déclenchement de la procédure de rollback vers la version `{sha}`.",
+        "en": "Starting the rollback procedure to version `{sha}`.",
+    },
+    "recovered": {
+        "fr": "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée.",
+        "en": "Rollback finished. The system is operational again. A post-mortem analysis will follow.",
+    },
+    "failed": {
+        "fr": ":rotating_light: Échec du rollback à l'étape *{step}* : {reason}\nAction requise : {action}",
+        "en": ":rotating_light: Rollback failed at step *{step}*: {reason}\nAction needed: {action}",
+    },
+    "context": {
+        "fr": "Service `{service}` · environnement `{environment}`",
+        "en": "Service `{service}` · environment `{environment}`",
+    },
+    "reason": {"fr": "Raison : {reason}", "en": "Reason: {reason}"},
+    "incident_ref": {"fr": "Incident : {incident}", "en": "Incident: {incident}"},
+    "recovery_time": {
+        "fr": "Temps de rétablissement : {seconds} s (version `{short}`, image `{digest}`)",
+        "en": "Time to recovery: {seconds} s (version `{short}`, image `{digest}`)",
+    },
+    "run_link": {"fr": "Suivi : {url}", "en": "Run: {url}"},
+    "compare_link": {"fr": "Changements annulés : {url}", "en": "Changes rolled back: {url}"},
+    "deploy_link": {"fr": "Déploiement : {url}", "en": "Deployment: {url}"},
+}
+
+# What a person must do after a failure at each step; the generic line covers the rest.
+_ACTIONS: dict[str, dict[Language, str]] = {
+    "resolve-sha": {
+        "fr": "choisir à la main le SHA stable dans l'historique de la branche et relancer le rollback avec ce SHA.",
+        "en": "pick the stable SHA by hand from the branch history and run the rollback again with it.",
+    },
+    "verify-image": {
+        "fr": "vérifier que l'image de ce commit a été poussée au registre (ou choisir un autre SHA), puis relancer.",
+        "en": "check that this commit's image was pushed to the registry (or pick another SHA), then run again.",
+    },
+    "deploy": {
+        "fr": "ouvrir le workflow de rollback indiqué, corriger la cause et relancer ; "
+        "la production tourne peut-être encore sur la version instable.",
+        "en": "open the rollback workflow linked here, fix the cause and run again; "
+        "production may still run the unstable version.",
+    },
+    "health-check": {
+        "fr": "la version a été redéployée mais le service n'est pas sain : escalader à l'astreinte, "
+        "vérifier les tableaux de bord et les logs.",
+        "en": "the version was redeployed but the service is not healthy: escalate to on-call, "
+        "check the dashboards and logs.",
+    },
+}
+_GENERIC_ACTION: dict[Language, str] = {
+    "fr": "consulter le run Prefect pour le détail et suivre la procédure manuelle.",
+    "en": "open the Prefect run for details and follow the manual procedure.",
+}
+
+
+@dataclass(frozen=True)
+class IncidentContext:
+    """What every message of one rollback may mention."""
+
+    service: str
+    environment: str
+    reason: str = ""
+    incident: str | None = None
+    mentions: tuple[str, ...] = ()
+    run_url: str | None = None
+    language: Language = "fr"
+
+
+def text(key: str, language: Language, **values: object) -> str:
+    """One template, filled."""
+    return _TEXTS[key][language].format(**values)
+
+
+def _lines(*lines: str | None) -> str:
+    return "\n".join(line for line in lines if line)
+
+
+def incident_message(ctx: IncidentContext) -> str:
+    """Seed message 1, the thread's root: incident detected, with who is called and why."""
+    lang = ctx.language
+    return _lines(
+        (" ".join(ctx.mentions) + " " if ctx.mentions else "") + text("incident", lang),
+        text("context", lang, service=ctx.service, environment=ctx.environment),
+        text("reason", lang, reason=ctx.reason) if ctx.reason else None,
+        text("incident_ref", lang, incident=ctx.incident) if ctx.incident else None,
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+    )
+
+
+def rollback_started_message(ctx: IncidentContext, sha: str, compare_url: str | None = None) -> str:
+    """Seed message 2: the rollback starts towards this SHA."""
+    lang = ctx.language
+    return _lines(
+        text("rollback_started", lang, sha=sha),
+        text("compare_link", lang, url=compare_url) if compare_url else None,
+    )
+
+
+def recovered_message(
+    ctx: IncidentContext, sha: str, digest: str, seconds: float, deploy_url: str | None = None
+) -> str:
+    """Seed message 3: finished and healthy, with the time to recovery."""
+    lang = ctx.language
+    return _lines(
+        text("recovered", lang),
+        text("recovery_time", lang, seconds=f"{seconds:.1f}", short=sha[:7], digest=digest[:19]),
+        text("deploy_link", lang, url=deploy_url) if deploy_url else None,
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+    )
+
+
+def failure_message(ctx: IncidentContext, step: str, reason: str) -> str:
+    """The escalation: which step failed, why, and what a person must do now."""
+    lang = ctx.language
+    action = _ACTIONS.get(step, _GENERIC_ACTION)[lang]
+    return _lines(
+        (" ".join(ctx.mentions) + " " if ctx.mentions else "")
+        + text("failed", lang, step=step, reason=reason, action=action),
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+    )

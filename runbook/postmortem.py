@@ -1,0 +1,96 @@
+"""The post-mortem: the run journal rendered as Markdown and as a table of step timings. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from runbook.record import RollbackRecord
+
+REVIEW_CHECKLIST = (
+    "Root cause of the faulty deploy identified",
+    "Fix forward planned (or the faulty change reverted on the branch)",
+    "Follow-up issues filed (tests, alerts, runbook gaps)",
+    "Timeline and time to recovery checked with the people involved",
+)
+
+
+def _ts(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if moment else "-"
+
+
+def _sha(sha: str | None) -> str:
+    return f"`{sha}`" if sha else "-"
+
+
+def artifact_key(service: str, environment: str, suffix: str = "") -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
+    raw = f"rollback-{service}-{environment}" + (f"-{suffix}" if suffix else "")
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in raw.lower())
+
+
+def render_markdown(record: RollbackRecord) -> str:
+    """The whole post-mortem as Markdown: summary, versions, trigger, timeline, recovery, health, links."""
+    outcome = {
+        "recovered": "Recovered",
+        "failed": f"FAILED at step `{record.failure_step}`",
+        "dry-run": "Dry run (nothing changed)",
+        "running": "Unfinished",
+    }.get(record.outcome, record.outcome)
+    ttr = record.time_to_recovery
+    lines = [
+        f"# Rollback of `{record.service}` in `{record.environment}`: {outcome}",
+        "",
+        "## Summary",
+        f"- **Outcome:** {outcome}",
+    ]
+    if record.failure_reason:
+        lines.append(f"- **Reason of failure:** {record.failure_reason}")
+    lines += [
+        f"- **Time to recovery:** {f'{ttr:.1f} s' if ttr is not None else 'not recovered'}",
+        f"- **Trigger:** {record.trigger}",
+        f"- **Reason given:** {record.reason or '-'}",
+        f"- **Incident:** {record.incident or '-'}",
+        "",
+        "## Versions",
+        "| | commit | image |",
+        "|---|---|---|",
+        f"| from (running before) | {_sha(record.from_sha)} | - |",
+        f"| to (rolled back to) | {_sha(record.to_sha)} | {f'`{record.image}`' if record.image else '-'}"
+        f"<br>{f'`{record.digest}`' if record.digest else ''} |",
+        "",
+        f"Target chosen by: {record.sha_source or '-'}",
+        "",
+        "## Timeline",
+        f"- {_ts(record.detected_at)} incident detected",
+        f"- {_ts(record.started_at)} rollback run started",
+    ]
+    lines += [f"- {_ts(moment)} {event}" for moment, event in record.timeline]
+    if record.healthy_at:
+        lines.append(f"- {_ts(record.healthy_at)} service healthy again")
+    lines.append(f"- {_ts(record.ended_at)} run ended")
+    lines += ["", "## Steps", "| step | state | seconds | detail |", "|---|---|---|---|"]
+    lines += [f"| {s.name} | {s.state} | {s.seconds:.2f} | {s.detail.replace('|', '/') or '-'} |" for s in record.steps]
+    lines += ["", "## Health results"]
+    lines += [f"- {line}" for line in record.health_summary] or ["- no health check ran"]
+    if record.warnings:
+        lines += ["", "## Warnings"]
+        lines += [f"- {w}" for w in record.warnings]
+    lines += ["", "## Links"]
+    lines += [f"- {name}: {url}" for name, url in record.links.items()] or ["- none"]
+    lines += ["", "## Review checklist"]
+    lines += [f"- [ ] {item}" for item in REVIEW_CHECKLIST]
+    return "\n".join(lines) + "\n"
+
+
+def timings_table(record: RollbackRecord) -> list[dict[str, str | float]]:
+    """One row per step, for Prefect's table artifact."""
+    return [
+        {
+            "step": s.name,
+            "state": s.state,
+            "started_at": _ts(s.started_at),
+            "ended_at": _ts(s.ended_at),
+            "seconds": round(s.seconds, 3),
+        }
+        for s in record.steps
+    ]

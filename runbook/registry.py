@@ -1,0 +1,576 @@
+"""The container-registry client: does the image for a SHA exist, and what is its digest?
+
+One `HEAD /v2/<name>/manifests/<tag>` per check (a HEAD does not count as a pull on Docker Hub), with the
+Distribution token dance (Bearer challenge → token endpoint → retry) or HTTP Basic when a registry asks
+for it. Wire facts: runbook/sandbox/fixtures/oci/PROTOCOL.md. No credential or token ever goes into a
+message, log line, exception or repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import ipaddress
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from runbook.errors import ImageNotFoundError, RegistryError
+
+log = logging.getLogger(__name__)
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_MEDIA_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+
+DOCKER_HUB = "registry-1.docker.io"
+_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+# OCI distribution-spec: repository name and tag grammar.
+_NAME_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+_TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_SHA256_RE = re.compile(r"sha256:[a-f0-9]{64}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+_TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+_MAX_REDIRECTS = 5
+_DEFAULT_TOKEN_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference split into registry host[:port], repository and tag (or digest)."""
+
+    registry: str
+    repository: str
+    tag: str
+
+    def __str__(self) -> str:
+        host = "docker.io" if self.registry == DOCKER_HUB else self.registry
+        separator = "@" if _DIGEST_RE.fullmatch(self.tag) else ":"
+        return f"{host}/{self.repository}{separator}{self.tag}"
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """Username and password (or token) for one registry; the password never shows in a repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """What the registry holds under a reference: the manifest's digest, media type and size."""
+
+    image: str
+    digest: str
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One parsed `WWW-Authenticate` challenge: the scheme (lower case) and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_image_ref(image: str, tag: str) -> ImageRef:
+    """Split `ghcr.io/acme/shop`, `127.0.0.1:5000/shop`, `acme/shop` or `shop` and validate it with `tag`.
+
+    The first path component is a registry when it holds a `.` or `:` or is `localhost`; otherwise the
+    image lives on Docker Hub (`registry-1.docker.io`), where single names get the `library/` prefix.
+    """
+    image = image.strip()
+    tag = tag.strip()
+    if "://" in image:
+        raise RegistryError(
+            f"image name {image!r} contains a URL scheme",
+            hint="give the image as host[:port]/repository, e.g. ghcr.io/acme/shop",
+        )
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        raise RegistryError(
+            f"image name {image!r} already carries a tag or digest",
+            hint="give the image name without a tag (e.g. ghcr.io/acme/shop); the tag comes from the SHA",
+        )
+    first, sep, rest = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        registry, repository = first, rest
+    else:
+        registry, repository = DOCKER_HUB, image
+    if registry in _HUB_ALIASES:
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"
+    if not _HOST_RE.fullmatch(registry):
+        raise RegistryError(
+            f"registry host {registry!r} in image {image!r} is not a valid host[:port]",
+            hint="give the image as host[:port]/repository, e.g. 127.0.0.1:5000/shop",
+        )
+    if not _NAME_RE.fullmatch(repository) or len(repository) > 255:
+        raise RegistryError(
+            f"repository name {repository!r} in image {image!r} is not valid",
+            hint="use lower-case letters, digits and separators (. _ __ -) in '/'-separated components, e.g. acme/shop",
+        )
+    if not (_TAG_RE.fullmatch(tag) or _DIGEST_RE.fullmatch(tag)):
+        raise RegistryError(
+            f"tag {tag!r} for image {image!r} is not a valid tag",
+            hint="a tag is 1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+        )
+    return ImageRef(registry=registry, repository=repository, tag=tag)
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a `WWW-Authenticate` value into challenges; quoted values may hold commas and escapes."""
+    challenges: list[Challenge] = []
+    params: dict[str, str] = {}
+    pos, end = 0, len(header)
+    while pos < end:
+        while pos < end and header[pos] in " \t,":
+            pos += 1
+        match = _TOKEN_CHARS.match(header, pos)
+        if match is None:
+            pos += 1  # a stray character: skip it rather than give up on the whole header
+            continue
+        word, pos = match.group(), match.end()
+        after = pos
+        while after < end and header[after] in " \t":
+            after += 1
+        if challenges and after < end and header[after] == "=":
+            pos = after + 1
+            while pos < end and header[pos] in " \t":
+                pos += 1
+            value, pos = _read_value(header, pos)
+            params[word.lower()] = value
+        else:
+            params = {}
+            challenges.append(Challenge(scheme=word.lower(), params=params))
+    return challenges
+
+
+def _read_value(header: str, pos: int) -> tuple[str, int]:
+    """Read a quoted-string (with backslash escapes) or a bare value up to the next comma."""
+    end = len(header)
+    if pos < end and header[pos] == '"':
+        out: list[str] = []
+        pos += 1
+        while pos < end and header[pos] != '"':
+            if header[pos] == "\\" and pos + 1 < end:
+                pos += 1
+            out.append(header[pos])
+            pos += 1
+        return "".join(out), pos + 1
+    start = pos
+    while pos < end and header[pos] not in ", \t":
+        pos += 1
+    return header[start:pos], pos
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """The first Bearer challenge of a `WWW-Authenticate` value, else the first challenge, else None."""
+    challenges = parse_challenges(header)
+    for challenge in challenges:
+        if challenge.scheme == "bearer":
+            return challenge
+    return challenges[0] if challenges else None
+
+
+def _split_host(hostport: str) -> str:
+    """The host part of host[:port] (IPv6 in brackets allowed), lower case, without brackets."""
+    if hostport.startswith("["):
+        return hostport[1 : hostport.find("]")].lower()
+    return hostport.rsplit(":", 1)[0].lower() if hostport.count(":") == 1 else hostport.lower()
+
+
+def is_loopback(hostport: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (with or without a port)."""
+    host = _split_host(hostport)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), cap))
+
+
+class RegistryClient:
+    """Checks manifests in OCI / Docker v2 registries over HTTP(S); use as a context manager or close()."""
+
+    max_retry_after: float = 10.0
+    """Longest Retry-After (seconds) the client honours before trying again."""
+    max_backoff: float = 2.0
+    """Longest pause between two attempts after a 5xx or a connection error."""
+
+    def __init__(
+        self,
+        *,
+        credentials: Mapping[str, RegistryCredentials] | None = None,
+        insecure_registries: Collection[str] = (),
+        timeout: float = 10.0,
+        max_attempts: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._credentials = dict(credentials or {})
+        self._insecure = frozenset(insecure_registries)
+        self.max_attempts = max_attempts
+        self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._challenges: dict[str, Challenge] = {}
+
+    def __repr__(self) -> str:
+        hosts = sorted(self._credentials)
+        return f"RegistryClient(credentials_for={hosts!r}, insecure_registries={sorted(self._insecure)!r})"
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    # --- addressing -------------------------------------------------------------------------------
+
+    def _is_insecure(self, hostport: str) -> bool:
+        return is_loopback(hostport) or hostport in self._insecure or _split_host(hostport) in self._insecure
+
+    def base_url(self, ref: ImageRef) -> str:
+        """`http://host` for loopback or listed-insecure registries, `https://host` for all others."""
+        scheme = "http" if self._is_insecure(ref.registry) else "https"
+        return f"{scheme}://{ref.registry}"
+
+    def _credentials_for(self, registry: str) -> RegistryCredentials | None:
+        if registry in self._credentials:
+            return self._credentials[registry]
+        if registry == DOCKER_HUB:
+            for alias in _HUB_ALIASES:
+                if alias in self._credentials:
+                    return self._credentials[alias]
+        return None
+
+    # --- the check --------------------------------------------------------------------------------
+
+    def head_manifest(self, ref: ImageRef) -> ManifestInfo:
+        """Ask the registry for `ref`'s manifest (HEAD) and return its digest, media type and size.
+
+        Raises ImageNotFoundError when the registry has no such tag, RegistryError when it refuses the
+        credentials or cannot be reached.
+        """
+        path = f"/v2/{ref.repository}/manifests/{ref.tag}"
+        response = self._send_authorized("HEAD", ref, path)
+        if response.status_code == 404:
+            raise self._not_found(ref)
+        if response.status_code in (401, 403):
+            raise self._access_error(ref, response.status_code)
+        if response.status_code != 200:
+            raise RegistryError(
+                f"registry {ref.registry} answered HTTP {response.status_code} to the check of {ref}",
+                hint="check the registry URL and its status, then retry",
+            )
+        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        size = _content_length(response)
+        digest = response.headers.get("Docker-Content-Digest", "").strip()
+        if not _DIGEST_RE.fullmatch(digest):
+            digest, media_type, size = self._digest_by_get(ref, path, media_type, size)
+        log.debug("%s: digest %s, %s, %s bytes", ref, digest, media_type, size)
+        return ManifestInfo(image=str(ref), digest=digest, media_type=media_type, size=size)
+
+    def _digest_by_get(
+        self, ref: ImageRef, path: str, media_type: str, size: int | None
+    ) -> tuple[str, str, int | None]:
+        """HEAD gave no usable Docker-Content-Digest: GET the manifest and hash its exact bytes."""
+        response = self._send_authorized("GET", ref, path)
+        if response.status_code == 404:
+            raise self._not_found(ref)
+        if response.status_code in (401, 403):
+            raise self._access_error(ref, response.status_code)
+        if response.status_code != 200:
+            raise RegistryError(
+                f"registry {ref.registry} answered HTTP {response.status_code} to the manifest GET of {ref}",
+                hint="check the registry's status, then retry",
+            )
+        body = response.content
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        sent = response.headers.get("Docker-Content-Digest", "").strip()
+        if _SHA256_RE.fullmatch(sent) and sent != digest:
+            raise RegistryError(
+                f"registry {ref.registry} sent a manifest for {ref} whose sha256 ({digest}) differs from "
+                f"its Docker-Content-Digest ({sent})",
+                hint="the registry or a proxy in between altered the manifest; do not deploy it, investigate",
+            )
+        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip() or media_type
+        return digest, media_type, len(body) if body else size
+
+    def _not_found(self, ref: ImageRef) -> ImageNotFoundError:
+        """Say whether the tag or the whole repository is missing (a HEAD 404 carries no body).
+
+        A manifest GET answers MANIFEST_UNKNOWN for both on Distribution 2.8, so ask the tag list, which
+        answers NAME_UNKNOWN for a repository the registry does not know.
+        """
+        message = f"image {ref} not found in the registry"
+        try:
+            response = self._send_authorized("GET", ref, f"/v2/{ref.repository}/tags/list?n=1")
+        except RegistryError:
+            response = None
+        if response is not None and response.status_code == 200:
+            return ImageNotFoundError(
+                message,
+                hint=f"repository {ref.registry}/{ref.repository} exists but has no tag {ref.tag} "
+                f"(MANIFEST_UNKNOWN): was the build for {ref.tag} pushed? Check the CI run that builds it "
+                f"and that the tag format (short or full SHA, prefix) matches what CI pushes",
+            )
+        if response is not None and response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
+            return ImageNotFoundError(
+                message,
+                hint=f"repository {ref.repository} does not exist on {ref.registry} (NAME_UNKNOWN): check "
+                f"the image name in the configuration; was the build for {ref.tag} ever pushed there?",
+            )
+        return ImageNotFoundError(
+            message,
+            hint=f"was the build for {ref.tag} pushed? Is the tag format right (short or full SHA)? Is the "
+            f"repository name {ref.repository} right, and may the configured account see it?",
+        )
+
+    def _access_error(self, ref: ImageRef, status: int) -> RegistryError:
+        """Refused after authenticating: name the registry and the repository, never the credentials."""
+        host = ref.registry
+        has_credentials = self._credentials_for(host) is not None
+        if status == 403:
+            who = f"the account configured for {host}" if has_credentials else "anonymous access"
+            return RegistryError(
+                f"registry {host} denied pull access to {ref.repository} (HTTP 403)",
+                hint=f"check the permissions of {who} on {ref.repository}, or configure credentials that may pull it",
+            )
+        if has_credentials:
+            return RegistryError(
+                f"registry {host} refused the credentials configured for {host} when reading "
+                f"{ref.repository} (HTTP 401)",
+                hint=f"check the username and password/token for {host} and that the account may pull {ref.repository}",
+            )
+        return RegistryError(
+            f"registry {host} refused anonymous access to {ref.repository} (HTTP 401)",
+            hint=f"no credentials are configured for {host}: the repository may be private (or may not "
+            f"exist); configure credentials for {host}",
+        )
+
+    # --- authentication ---------------------------------------------------------------------------
+
+    def _send_authorized(self, method: str, ref: ImageRef, path: str) -> httpx.Response:
+        """Send with cached or preemptive auth; on a 401 answer the challenge once and send again."""
+        url = f"{self.base_url(ref)}{path}"
+        scope = f"repository:{ref.repository}:pull"
+        headers = {"Accept": ACCEPT}
+        authorization, fresh = self._known_authorization(ref, scope)
+        response = self._send(method, url, {**headers, **authorization}, f"registry {ref.registry}")
+        if response.status_code != 401 or fresh:
+            return response
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge is None:
+            return response
+        self._challenges[ref.registry] = challenge
+        answer = self._answer(ref, scope, challenge)
+        if answer is None:
+            return response
+        return self._send(method, url, {**headers, **answer}, f"registry {ref.registry}")
+
+    def _known_authorization(self, ref: ImageRef, scope: str) -> tuple[dict[str, str], bool]:
+        """Authorization to send up front, and whether it is fresh (so a 401 to it is final)."""
+        cached = self._tokens.get((ref.registry, scope))
+        if cached is not None and cached[1] > time.monotonic():
+            return {"Authorization": f"Bearer {cached[0]}"}, False
+        challenge = self._challenges.get(ref.registry)
+        if challenge is None:
+            return {}, False
+        answer = self._answer(ref, scope, challenge)
+        return (answer, True) if answer is not None else ({}, False)
+
+    def _answer(self, ref: ImageRef, scope: str, challenge: Challenge) -> dict[str, str] | None:
+        """The Authorization header answering `challenge`, or None when there is nothing to answer with."""
+        if challenge.scheme == "bearer":
+            self._tokens.pop((ref.registry, scope), None)
+            return {"Authorization": f"Bearer {self._fetch_token(ref, scope, challenge)}"}
+        if challenge.scheme == "basic":
+            credentials = self._credentials_for(ref.registry)
+            if credentials is None:
+                return None
+            return {"Authorization": _basic_header(credentials)}
+        log.debug("registry %s asks for unsupported auth scheme %s", ref.registry, challenge.scheme)
+        return None
+
+    def _fetch_token(self, ref: ImageRef, scope: str, challenge: Challenge) -> str:
+        """Get a bearer token for `scope` from the challenge's realm (HTTP Basic if we have credentials)."""
+        realm = challenge.params.get("realm", "")
+        realm_url = httpx.URL(realm) if realm else None
+        if realm_url is None or realm_url.scheme not in ("http", "https") or not realm_url.host:
+            raise RegistryError(
+                f"registry {ref.registry} sent a Bearer challenge without a usable realm",
+                hint="check that the registry URL points at a registry, and its auth configuration",
+            )
+        realm_host = realm_url.netloc.decode()
+        what = f"token service {realm_host} of registry {ref.registry}"
+        # The challenge's own scope may be a placeholder (ghcr.io's /v2/ probe): build ours from the name.
+        params = {"scope": scope}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        headers: dict[str, str] = {}
+        credentials = self._credentials_for(ref.registry)
+        if credentials is not None:
+            if realm_url.scheme != "https" and not self._is_insecure(realm_host):
+                raise RegistryError(
+                    f"{what} uses plain http; refusing to send the credentials for {ref.registry} over it",
+                    hint=f"use an https realm, or list {realm_host} in insecure_registries if intended",
+                )
+            headers["Authorization"] = _basic_header(credentials)
+        url = str(realm_url.copy_merge_params(params))
+        response = self._send("GET", url, headers, what)
+        if response.status_code in (401, 403):
+            if credentials is not None:
+                raise RegistryError(
+                    f"{what} refused the credentials configured for {ref.registry} (HTTP {response.status_code})",
+                    hint=f"check the username and password/token for {ref.registry} and that the account may "
+                    f"pull {ref.repository}",
+                )
+            raise RegistryError(
+                f"{what} refused an anonymous token for {ref.repository} (HTTP {response.status_code})",
+                hint=f"the repository may be private: configure credentials for {ref.registry}",
+            )
+        if response.status_code != 200:
+            raise RegistryError(
+                f"{what} answered HTTP {response.status_code} to a token request",
+                hint="check the registry's auth service status, then retry",
+            )
+        try:
+            body: Any = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(
+                f"{what} answered without a token",
+                hint="check that the realm in the registry's challenge is a Distribution token service",
+            )
+        expires_in = body.get("expires_in")
+        seconds = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 0.0
+        seconds = seconds or _DEFAULT_TOKEN_SECONDS
+        # Renew a little early so a token does not expire between cache lookup and use.
+        self._tokens[(ref.registry, scope)] = (token, time.monotonic() + max(seconds - 5, seconds / 2))
+        return token
+
+    # --- transport --------------------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], what: str) -> httpx.Response:
+        """Send with retries on 429, 5xx and connection errors (bounded backoff), following redirects."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._follow(method, url, headers)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_attempts:
+                    raise RegistryError(
+                        f"{what} unreachable after {attempt} attempts: {type(exc).__name__}: {exc}",
+                        hint="check the registry URL (host and port), the network and proxies, then retry",
+                    ) from None
+                log.info("%s: %s (attempt %d of %d)", what, type(exc).__name__, attempt, self.max_attempts)
+                time.sleep(self._backoff(attempt))
+                continue
+            status = response.status_code
+            if status != 429 and status < 500:
+                return response
+            if attempt >= self.max_attempts:
+                if status == 429:
+                    raise RegistryError(
+                        f"{what} kept answering 429 Too Many Requests ({attempt} attempts)",
+                        hint="the pull rate limit is exhausted: wait and retry, or use credentials with a higher limit",
+                    )
+                raise RegistryError(
+                    f"{what} answered HTTP {status} ({attempt} attempts)",
+                    hint="the registry is failing: check its status page and retry later",
+                )
+            pause = _retry_after(response.headers.get("Retry-After"), self.max_retry_after)
+            if pause is None:
+                pause = self._backoff(attempt)
+            log.info("%s answered HTTP %d; retrying in %.1f s", what, status, pause)
+            time.sleep(pause)
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(0.25 * 2 ** (attempt - 1), self.max_backoff) + random.uniform(0, 0.05))
+
+    def _follow(self, method: str, url: str, headers: Mapping[str, str]) -> httpx.Response:
+        """One request, following redirects; Authorization is dropped when a redirect leaves the origin."""
+        current = httpx.URL(url)
+        origin = (current.scheme, current.host, current.port)
+        sent = dict(headers)
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._client.request(method, current, headers=sent)
+            location = response.headers.get("Location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                return response
+            current = current.join(location)
+            if (current.scheme, current.host, current.port) != origin:
+                sent.pop("Authorization", None)
+            if response.status_code == 303 and method != "HEAD":
+                method = "GET"
+        raise RegistryError(
+            f"registry redirected more than {_MAX_REDIRECTS} times starting from {url}",
+            hint="check the registry URL; the registry or a proxy is redirecting in a loop",
+        )
+
+
+def _basic_header(credentials: RegistryCredentials) -> str:
+    """`Basic base64(user:password)` for an Authorization header."""
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _error_codes(response: httpx.Response) -> list[str]:
+    """The `errors[].code` values of a registry error body (empty when the body is not one)."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [str(e.get("code")) for e in errors if isinstance(e, dict)]

@@ -1,0 +1,76 @@
+"""A small local service with `/health`, whose running version the sandbox deploy switches."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class SandboxApp:
+    """An HTTP app on 127.0.0.1: healthy on good versions, answering 500 on the broken ones."""
+
+    def __init__(self, *, version: str, broken: set[str] | None = None) -> None:
+        self.version = version
+        self.broken = set(broken or ())
+        self.deploys: list[str] = []
+        self._lock = threading.Lock()
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with app._lock:
+                    version = app.version
+                    healthy = version not in app.broken
+                if self.path.split("?")[0] in ("/health", "/healthz"):
+                    status, body = (
+                        (200, {"status": "ok", "version": version})
+                        if healthy
+                        else (500, {"status": "error", "version": version, "error": "payment provider crash"})
+                    )
+                elif self.path == "/":
+                    status, body = (200 if healthy else 500), {"service": "shop", "version": version}
+                else:
+                    status, body = 404, {"error": "not found"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def deploy(self, version: str) -> None:
+        """Switch the running version (what the sandbox's rollback workflow does)."""
+        with self._lock:
+            self.version = version
+            self.deploys.append(version)
+
+    def start(self) -> SandboxApp:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-app", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxApp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,79 @@
+"""The sandbox demo: a real rollback, end to end, of a broken local service, printed step by step."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _slack_echo(line: str) -> None:
+    print(f"  slack | {line}", flush=True)
+
+
+def run_demo(workdir: Path, prefect_home: Path) -> bool:
+    """Run the demo; True when the service recovered."""
+    _say("== rollback-runbook sandbox demo ==")
+    _say("Starting the sandbox: Distribution registry, GitHub and Slack stand-ins, the 'shop' app ...")
+    with Sandbox(workdir, echo=_slack_echo) as sandbox:
+        broken, good = sandbox.commits.broken, sandbox.commits.last_known_good
+        health = httpx.get(f"{sandbox.app.url}/health", timeout=5)
+        _say(f"  registry  {sandbox.registry.base_url} (real docker-registry), images tagged by commit SHA")
+        _say(f"  github    {sandbox.github.base_url} (stand-in), repository acme/shop, 4 commits on main")
+        _say(f"  slack     {sandbox.slack.base_url} (stand-in), channel #incidents-prod")
+        _say(f"  app       {sandbox.app.url} runs {broken[:7]} 'New payment provider': /health -> {health.status_code}")
+        _say(f"  config    {sandbox.config_path}")
+        _say()
+        _say(f"Running the Prefect flow `rollback` for {SERVICE}/{ENVIRONMENT} (no SHA given: last known good) ...")
+        _say()
+
+        from flows.rollback import rollback
+
+        started = time.perf_counter()
+        state = rollback(
+            service=SERVICE,
+            environment=ENVIRONMENT,
+            reason="5xx spike after the deploy of 'New payment provider'",
+            incident="INC-42",
+            config_path=str(sandbox.config_path),
+            return_state=True,
+        )
+        wall = time.perf_counter() - started
+        flow_run_id = state.state_details.flow_run_id
+        summary = state.result(raise_on_failure=False)
+        health = httpx.get(f"{sandbox.app.url}/health", timeout=5)
+        thread = sandbox.slack.messages
+
+        _say()
+        _say("== Slack thread in #incidents-prod ==")
+        for message in thread:
+            prefix = "  " if message.thread_ts is None else "    └ "
+            broadcast = " (also sent to the channel)" if message.reply_broadcast else ""
+            for index, line in enumerate(message.text.splitlines()):
+                _say((prefix if index == 0 else " " * len(prefix)) + line + (broadcast if index == 0 else ""))
+        _say()
+        _say("== Result ==")
+        _say(f"  flow run state    {state.type.value} ({state.name})")
+        if state.is_completed():
+            _say(f"  rolled back from  {summary.from_sha}  (broken)")
+            _say(f"  rolled back to    {summary.to_sha}  (last known good: {good == summary.to_sha})")
+            _say(f"  image digest      {summary.digest}")
+            _say(f"  time to recovery  {summary.time_to_recovery:.2f} s (flow wall time {wall:.2f} s)")
+        else:
+            _say(f"  failure           {summary}")
+        _say(f"  app now           {health.json().get('version', '?')[:7]}: /health -> {health.status_code}")
+        _say(f"  GitHub dispatches {len(sandbox.github.dispatches())}")
+        _say()
+        _say("== Where to see the run and its post-mortem ==")
+        _say(f"  PREFECT_HOME={prefect_home} .venv/bin/prefect server start")
+        _say(f"  then open http://127.0.0.1:4200/runs/flow-run/{flow_run_id}")
+        _say("  Artifacts tab: 'rollback-shop-production' (post-mortem),")
+        _say("                 'rollback-shop-production-timings' (step timings)")
+        return bool(state.is_completed() and health.status_code == 200)

@@ -1,0 +1,367 @@
+"""A real Distribution registry (Debian `docker-registry`) for sandbox and tests, plus an image pusher.
+
+`RegistryServer` runs `/usr/bin/docker-registry serve config.yml` on a free 127.0.0.1 port with filesystem
+storage in a temporary directory, in one of three auth modes: "open", "htpasswd" or "token".
+`push_image` uploads a tiny but valid image (config blob, one layer, manifest or index) through the
+registry API and returns the manifest digest; `delete_tag` deletes the manifest a tag points to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+import httpx
+
+DOCKER_REGISTRY = "/usr/bin/docker-registry"
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+
+Mode = Literal["open", "htpasswd", "token"]
+ImageKind = Literal["oci-manifest", "docker-v2", "oci-index"]
+
+
+class SandboxRegistryError(RuntimeError):
+    """The sandbox registry could not be started or refused an upload."""
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _htpasswd_line(user: str, password: str) -> str:
+    """One `user:bcrypt-hash` line; Distribution accepts bcrypt hashes only."""
+    try:
+        import bcrypt
+    except ImportError:
+        htpasswd = shutil.which("htpasswd")
+        if htpasswd is None:
+            raise SandboxRegistryError(
+                "cannot write the htpasswd file: neither the bcrypt module nor htpasswd is available: "
+                "pip install bcrypt, or apt-get install apache2-utils"
+            ) from None
+        # -i reads the password from stdin so it never shows up in the process list.
+        out = subprocess.run(
+            [htpasswd, "-niB", "-C", "4", user], input=password, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    # Cost 4 (the minimum) keeps the sandbox fast; these are throwaway test users.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{hashed}"
+
+
+class RegistryServer:
+    """A Distribution registry process on 127.0.0.1 for as long as the context lasts."""
+
+    def __init__(
+        self,
+        mode: Mode = "open",
+        *,
+        users: Mapping[str, str] | None = None,
+        realm: str | None = None,
+        issuer: str | None = None,
+        service: str | None = None,
+        rootcertbundle: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        if mode not in ("open", "htpasswd", "token"):
+            raise ValueError(f"unknown registry mode {mode!r}: use 'open', 'htpasswd' or 'token'")
+        if mode == "htpasswd" and not users:
+            raise ValueError("mode='htpasswd' needs users={'name': 'password'}")
+        if mode == "token" and not (realm and issuer and service and rootcertbundle):
+            raise ValueError("mode='token' needs realm=, issuer=, service= and rootcertbundle=")
+        self.mode: Mode = mode
+        self._users = dict(users or {})
+        self._realm = realm
+        self._issuer = issuer
+        self._service = service
+        self._rootcertbundle = str(rootcertbundle) if rootcertbundle is not None else None
+        self._startup_timeout = startup_timeout
+        self._tmp: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self.port = 0
+
+    def __repr__(self) -> str:
+        return f"RegistryServer(mode={self.mode!r}, host={self.host!r})"
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`, the registry part of an image reference."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:PORT`."""
+        return f"http://{self.host}"
+
+    @property
+    def root(self) -> Path:
+        """The temporary directory holding config, htpasswd file and storage."""
+        if self._tmp is None:
+            raise SandboxRegistryError("the registry is not running: use it as a context manager")
+        return self._tmp
+
+    def _config(self, port: int) -> dict[str, Any]:
+        """The registry configuration for this mode (JSON is valid YAML, which the registry reads)."""
+        config: dict[str, Any] = {
+            "version": "0.1",
+            "log": {"level": "warn", "accesslog": {"disabled": True}, "formatter": "text"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.root / "storage")},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+            "health": {"storagedriver": {"enabled": False}},
+        }
+        if self.mode == "htpasswd":
+            path = self.root / "htpasswd"
+            path.write_text("".join(_htpasswd_line(u, p) + "\n" for u, p in self._users.items()))
+            config["auth"] = {"htpasswd": {"realm": "runbook-sandbox", "path": str(path)}}
+        elif self.mode == "token":
+            config["auth"] = {
+                "token": {
+                    "realm": self._realm,
+                    "service": self._service,
+                    "issuer": self._issuer,
+                    "rootcertbundle": self._rootcertbundle,
+                }
+            }
+        return config
+
+    def __enter__(self) -> RegistryServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write the config, start the registry and wait until `/v2/` answers."""
+        if not Path(DOCKER_REGISTRY).exists():
+            raise SandboxRegistryError(
+                f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (Distribution 2.8)"
+            )
+        self._tmp = Path(tempfile.mkdtemp(prefix="runbook-registry-"))
+        try:
+            last_error = ""
+            for _ in range(3):  # another process may grab the free port between probe and bind
+                try:
+                    self._start_once(_free_port())
+                    return
+                except SandboxRegistryError as exc:
+                    last_error = str(exc)
+                    if "address already in use" not in last_error:
+                        raise
+            raise SandboxRegistryError(last_error)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_once(self, port: int) -> None:
+        config_path = self.root / "config.yml"
+        config_path.write_text(json.dumps(self._config(port), indent=2))
+        # REGISTRY_* variables would override the config file; keep the environment out of it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        self._stderr = open(self.root / "registry.log", "w+b")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [DOCKER_REGISTRY, "serve", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=env,
+            cwd=self.root,
+        )
+        self.port = port
+        deadline = time.monotonic() + self._startup_timeout
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                code = self._process.poll()
+                if code is not None:
+                    log = self._log_tail()
+                    self._stop_process()
+                    raise SandboxRegistryError(f"docker-registry exited with code {code} on start: {log}")
+                try:
+                    client.get(f"{self.base_url}/v2/")
+                    return  # any status: the registry is serving
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    log = self._log_tail()
+                    self._stop_process()
+                    raise SandboxRegistryError(
+                        f"docker-registry did not answer on {self.base_url}/v2/ within "
+                        f"{self._startup_timeout:.0f} s: {log}"
+                    )
+                time.sleep(0.05)
+
+    def _log_tail(self, limit: int = 2000) -> str:
+        if self._stderr is None:
+            return "(no log)"
+        self._stderr.flush()
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        if len(text) > limit:  # a Go panic puts the reason first and a long stack after it
+            text = f"{text[: limit // 2]}\n...\n{text[-limit // 2 :]}"
+        return text or "(empty log)"
+
+    def _stop_process(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def stop(self) -> None:
+        """Stop the registry and remove its temporary directory."""
+        self._stop_process()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def log(self) -> str:
+        """What the registry wrote to stdout/stderr so far (handy when a test fails)."""
+        return self._log_tail(limit=20000)
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _check(response: httpx.Response, expected: int, what: str) -> None:
+    if response.status_code != expected:
+        raise SandboxRegistryError(
+            f"{what}: registry answered HTTP {response.status_code} (expected {expected}): {response.text[:500]}"
+        )
+
+
+def _upload_blob(client: httpx.Client, repository: str, data: bytes) -> str:
+    """Monolithic upload: POST an upload session, then PUT the bytes to its Location with ?digest=."""
+    digest = _digest(data)
+    started = client.post(f"/v2/{repository}/blobs/uploads/")
+    _check(started, 202, f"starting a blob upload to {repository}")
+    location = started.headers.get("Location")
+    if not location:
+        raise SandboxRegistryError(f"blob upload to {repository}: the registry sent no Location header")
+    url = client.base_url.join(location).copy_merge_params({"digest": digest})
+    done = client.put(url, content=data, headers={"Content-Type": "application/octet-stream"})
+    _check(done, 201, f"uploading blob {digest} to {repository}")
+    return digest
+
+
+def _put_manifest(client: httpx.Client, repository: str, reference: str, body: bytes, media_type: str) -> str:
+    digest = _digest(body)
+    response = client.put(f"/v2/{repository}/manifests/{reference}", content=body, headers={"Content-Type": media_type})
+    _check(response, 201, f"putting manifest {repository}:{reference}")
+    sent = response.headers.get("Docker-Content-Digest")
+    if sent and sent != digest:
+        raise SandboxRegistryError(f"registry stored {repository}:{reference} as {sent}, expected {digest}")
+    return digest
+
+
+def _image_manifest(client: httpx.Client, repository: str, tag: str, payload: bytes, docker: bool) -> tuple[bytes, str]:
+    """Upload config and layer blobs; return the manifest bytes and its media type."""
+    layer_digest = _upload_blob(client, repository, payload)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        # The labels make each pushed tag a distinct image with a distinct digest.
+        "config": {"Labels": {"org.opencontainers.image.ref.name": f"{repository}:{tag}"}},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "runbook sandbox push_image"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_digest = _upload_blob(client, repository, config_bytes)
+    media_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {
+            "mediaType": DOCKER_CONFIG if docker else OCI_CONFIG,
+            "digest": config_digest,
+            "size": len(config_bytes),
+        },
+        "layers": [{"mediaType": DOCKER_LAYER if docker else OCI_LAYER, "digest": layer_digest, "size": len(payload)}],
+    }
+    return json.dumps(manifest, indent=2).encode(), media_type
+
+
+def push_image(
+    base_url: str,
+    repository: str,
+    tag: str,
+    *,
+    auth: httpx.Auth | None = None,
+    kind: ImageKind = "oci-manifest",
+    payload: bytes = b"runbook sandbox layer\n",
+) -> str:
+    """Push a minimal image as `repository:tag` and return its manifest (or index) digest.
+
+    kind: "oci-manifest", "docker-v2" (Docker image manifest v2 schema 2) or "oci-index" (an OCI index
+    pointing at one linux/amd64 OCI manifest, which is pushed first by digest).
+    """
+    if kind not in ("oci-manifest", "docker-v2", "oci-index"):
+        raise ValueError(f"unknown image kind {kind!r}: use 'oci-manifest', 'docker-v2' or 'oci-index'")
+    with httpx.Client(base_url=base_url, auth=auth, timeout=10.0) as client:
+        body, media_type = _image_manifest(client, repository, tag, payload, docker=kind == "docker-v2")
+        if kind != "oci-index":
+            return _put_manifest(client, repository, tag, body, media_type)
+        child = _put_manifest(client, repository, _digest(body), body, media_type)
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": media_type,
+                    "digest": child,
+                    "size": len(body),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+        return _put_manifest(client, repository, tag, json.dumps(index, indent=2).encode(), OCI_INDEX)
+
+
+def delete_tag(base_url: str, repository: str, tag: str, *, auth: httpx.Auth | None = None) -> str:
+    """Delete the manifest `repository:tag` points to (by digest, as the API requires); return that digest."""
+    with httpx.Client(base_url=base_url, auth=auth, timeout=10.0) as client:
+        head = client.head(f"/v2/{repository}/manifests/{tag}", headers={"Accept": _ACCEPT})
+        _check(head, 200, f"looking up {repository}:{tag}")
+        digest = str(head.headers.get("Docker-Content-Digest", ""))
+        if not digest:
+            raise SandboxRegistryError(f"{repository}:{tag}: the registry sent no Docker-Content-Digest")
+        _check(client.delete(f"/v2/{repository}/manifests/{digest}"), 202, f"deleting {repository}@{digest}")
+        return digest

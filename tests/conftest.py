@@ -1,0 +1,39 @@
+"""Test-wide setup: Prefect kept out of the user's home, no telemetry, one Prefect test server per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Before Prefect is imported anywhere: its settings are read at import.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="runbook-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+import pytest  # noqa: E402
+
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One Prefect test server for the whole session (starting one costs seconds, see PREFECT-NOTES)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests keep what a person may want to look at (screenshots, rendered post-mortems)."""
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    return OUTPUT_DIR

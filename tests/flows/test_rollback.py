@@ -1,0 +1,211 @@
+"""The `rollback` flow end to end, under a real Prefect test server, against the sandbox's real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from flows.rollback import rollback
+from runbook.sandbox.registry import delete_tag
+from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+
+SEED_1 = "Incident en production détecté. Investigation en cours."
+SEED_2 = "Déclenchement de la procédure de rollback vers la version `{sha}`."
+SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
+        yield world
+
+
+def run(sandbox: Sandbox, config: Path | None = None, **parameters: Any) -> Any:
+    return rollback(
+        service=SERVICE,
+        environment=ENVIRONMENT,
+        config_path=str(config or sandbox.config_path),
+        return_state=True,
+        **parameters,
+    )
+
+
+def artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
+def postmortem_of(state: Any) -> str:
+    found = artifacts(state.state_details.flow_run_id)
+    assert "rollback-shop-production-timings" in found
+    return str(found["rollback-shop-production"].data)
+
+
+def health(sandbox: Sandbox) -> int:
+    return httpx.get(f"{sandbox.app.url}/health", timeout=5).status_code
+
+
+def one_thread(sandbox: Sandbox) -> list[Any]:
+    """Every message is the root or a reply to it; returns them in order."""
+    roots = [m for m in sandbox.slack.messages if m.thread_ts is None]
+    assert len(roots) == 1, [m.text for m in sandbox.slack.messages]
+    assert all(m.thread_ts in (None, roots[0].ts) for m in sandbox.slack.messages)
+    return sandbox.slack.messages
+
+
+def test_rolls_back_to_last_known_good(sandbox: Sandbox) -> None:
+    good, broken = sandbox.commits.last_known_good, sandbox.commits.broken
+    assert health(sandbox) == 500
+
+    state = run(sandbox, reason="5xx spike", incident="INC-1")
+
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert (summary.outcome, summary.from_sha, summary.to_sha) == ("recovered", broken, good)
+    assert summary.digest.startswith("sha256:") and summary.time_to_recovery > 0
+    assert sandbox.app.version == good and health(sandbox) == 200
+    dispatches = sandbox.github.dispatches()
+    assert len(dispatches) == 1 and dispatches[0].body["inputs"] == {"sha": good}
+    root, started, ended = one_thread(sandbox)
+    assert SEED_1 in root.text and "<!subteam^S0DEVTEAM>" in root.text and "5xx spike" in root.text
+    assert SEED_2.format(sha=good) in started.text and not started.reply_broadcast
+    assert SEED_3 in ended.text and ended.reply_broadcast
+    # The healthy rollout is recorded: it is the running version now, tomorrow's last known good.
+    recorded = sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]
+    assert recorded["sha"] == good and recorded["statuses"][0]["state"] == "success"
+    markdown = postmortem_of(state)
+    assert f"`{broken}`" in markdown and f"`{good}`" in markdown and summary.digest in markdown
+    assert "Time to recovery:** " in markdown and "last known good" in markdown
+
+
+def test_explicit_short_sha(sandbox: Sandbox) -> None:
+    first = sandbox.commits.all[0]
+    state = run(sandbox, sha=first[:7].upper())
+    assert state.is_completed(), state.message
+    assert state.result().to_sha == first and sandbox.app.version == first
+    assert SEED_2.format(sha=first) in one_thread(sandbox)[1].text
+
+
+def test_missing_image_stops_before_any_change(sandbox: Sandbox) -> None:
+    wanted = sandbox.commits.all[1]
+    delete_tag(sandbox.registry.base_url, "acme/shop", wanted)
+
+    state = run(sandbox, sha=wanted)
+
+    assert state.is_failed()
+    assert sandbox.github.dispatches() == [] and sandbox.app.version == sandbox.commits.broken
+    _root, failure = one_thread(sandbox)
+    assert "verify-image" in failure.text and wanted in failure.text and failure.reply_broadcast
+    markdown = postmortem_of(state)
+    assert "FAILED at step `verify-image`" in markdown and wanted in markdown
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("not-a-sha!", "is not a commit SHA"),
+        ("deadbee", "does not exist"),
+        ("on-branch-feature", "is not on branch main"),
+        ("running", "already the version running"),
+    ],
+)
+def test_unusable_sha_changes_nothing(sandbox: Sandbox, given: str, expected: str) -> None:
+    if given == "on-branch-feature":
+        given = sandbox.github.add_commit(REPOSITORY, "Experiment", branch="feature")
+        sandbox.push(given)
+    elif given == "running":
+        given = sandbox.commits.broken
+
+    state = run(sandbox, sha=given)
+
+    assert state.is_failed()
+    assert expected in str(state.message) or expected in postmortem_of(state)
+    assert sandbox.github.dispatches() == [] and sandbox.app.version == sandbox.commits.broken
+    failure = one_thread(sandbox)[-1]
+    assert "resolve-sha" in failure.text and expected in failure.text
+
+
+def test_health_never_passes_escalates(sandbox: Sandbox) -> None:
+    sandbox.app.broken.add(sandbox.commits.last_known_good)
+    config = sandbox.write_config(
+        sandbox.config_data(
+            health={
+                "probes": [{"url": f"{sandbox.app.url}/health"}],
+                "deadline_seconds": 1,
+                "interval_seconds": 0.1,
+            }
+        ),
+        "short-deadline.yaml",
+    )
+
+    state = run(sandbox, config=config)
+
+    assert state.is_failed()
+    assert len(sandbox.github.dispatches()) == 1
+    failure = one_thread(sandbox)[-1]
+    assert "health-check" in failure.text and "escalader" in failure.text and failure.reply_broadcast
+    assert "FAILED at step `health-check`" in postmortem_of(state)
+    # Not recorded healthy: the failed version must never become a "last known good".
+    assert sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]["sha"] == sandbox.commits.broken
+
+
+def test_slack_down_does_not_block_the_rollback(sandbox: Sandbox) -> None:
+    sandbox.slack.set_down(True)
+
+    state = run(sandbox)
+
+    assert state.is_completed(), state.message
+    assert health(sandbox) == 200 and sandbox.slack.messages == []
+    markdown = postmortem_of(state)
+    assert "## Warnings" in markdown and "Slack" in markdown
+
+
+def test_dry_run_changes_nothing(sandbox: Sandbox) -> None:
+    state = run(sandbox, dry_run=True)
+
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.outcome == "dry-run" and summary.to_sha == sandbox.commits.last_known_good
+    assert sandbox.github.mutating_requests() == []
+    assert sandbox.slack.messages == []
+    assert sandbox.app.version == sandbox.commits.broken and sandbox.app.deploys == [sandbox.commits.broken]
+
+
+def test_retried_run_deploys_once_and_keeps_one_thread(sandbox: Sandbox) -> None:
+    """A failed run retried (same flow run, as the UI's Retry does) reuses the SHA, thread and deploy."""
+    good = sandbox.commits.last_known_good
+    sandbox.app.broken.add(good)
+    config = sandbox.write_config(
+        sandbox.config_data(
+            health={
+                "probes": [{"url": f"{sandbox.app.url}/health"}],
+                "deadline_seconds": 1,
+                "interval_seconds": 0.1,
+            }
+        ),
+        "short-deadline.yaml",
+    )
+    # A person answers the escalation by fixing the service: the next attempt finds it healthy.
+    sandbox.slack.on_message = lambda message: "health-check" in message.text and sandbox.app.broken.discard(good)
+
+    state = rollback.with_options(retries=1, retry_delay_seconds=0)(
+        service=SERVICE, environment=ENVIRONMENT, config_path=str(config), return_state=True
+    )
+
+    assert state.is_completed(), state.message
+    assert len(sandbox.github.dispatches()) == 1
+    texts = [m.text for m in one_thread(sandbox)]
+    assert sum(SEED_1 in t for t in texts) == 1 and sum(SEED_2.format(sha=good) in t for t in texts) == 1
+    assert "health-check" in texts[-2] and SEED_3 in texts[-1]

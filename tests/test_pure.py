@@ -1,0 +1,120 @@
+"""The decisions, tested directly: SHA validation, last known good, health judgement, messages, post-mortem."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from runbook import messages
+from runbook.errors import HealthCheckError, InvalidShaError
+from runbook.health import ProbeResult, judge
+from runbook.postmortem import artifact_key, render_markdown, timings_table
+from runbook.record import RollbackRecord, describe_error
+from runbook.shas import last_known_good_candidates, normalize_sha
+
+A, B, C, D = ("a" * 40, "b" * 40, "c" * 40, "d" * 40)
+
+
+@pytest.mark.parametrize("value", ["a1b2c3d", "A1B2C3D", " a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0 "])
+def test_valid_shas_are_normalized(value: str) -> None:
+    assert normalize_sha(value) == value.strip().lower()
+
+
+@pytest.mark.parametrize("value", ["", "a1b2c3", "g1b2c3d", "a" * 41, "main", "a1b2c3d; rm -rf /"])
+def test_invalid_shas_say_what_to_do(value: str) -> None:
+    with pytest.raises(InvalidShaError) as caught:
+        normalize_sha(value)
+    assert "7 to 40 hexadecimal" in str(caught.value)
+
+
+def test_last_known_good_is_the_newest_healthy_commit_older_than_the_running_one() -> None:
+    history = [D, C, B, A]  # newest first, from the running commit D
+    assert last_known_good_candidates(history, D, {A, B, D}) == [B, A]
+    assert last_known_good_candidates(history, D, {D}) == []
+    # A commit newer than the running one is never offered, even if once healthy.
+    assert last_known_good_candidates([C, B, A], C, {D, A}) == [A]
+
+
+def _round(*oks: bool) -> list[ProbeResult]:
+    return [
+        ProbeResult(f"p{i}", ok, 200 if ok else 500, 0.01, "" if ok else "expected 200") for i, ok in enumerate(oks)
+    ]
+
+
+def test_health_needs_consecutive_healthy_rounds() -> None:
+    assert judge([_round(True, True)] * 3, 3).healthy
+    verdict = judge([_round(True, True), _round(True, False), _round(True, True), _round(True, True)], 3)
+    assert not verdict.healthy and verdict.streak == 2
+    failing = judge([_round(True, False)], 1)
+    assert not failing.healthy and failing.reason == "p1: HTTP 500 (expected 200)"
+    assert not judge([], 1).healthy
+    assert not judge([[]], 1).healthy  # a round with no probe proves nothing
+
+
+def test_seed_messages_in_french_and_english() -> None:
+    fr = messages.IncidentContext("shop", "production", reason="5xx", mentions=("<@U1>",))
+    assert messages.incident_message(fr).startswith("<@U1> Incident en production détecté. Investigation en cours.")
+    assert "Déclenchement de la procédure de rollback vers la version `abc1234`." in messages.rollback_started_message(
+        fr, "abc1234"
+    )
+    done = messages.recovered_message(fr, A, "sha256:" + "0" * 64, 12.34)
+    assert done.startswith("Rollback terminé. Le système est de nouveau opérationnel.")
+    assert "12.3 s" in done and "`aaaaaaa`" in done
+    en = messages.IncidentContext("shop", "production", language="en")
+    failure = messages.failure_message(en, "verify-image", "image x:y not found")
+    assert "failed at step *verify-image*: image x:y not found" in failure and "registry" in failure
+
+
+def test_error_descriptions_never_dump_foreign_exceptions() -> None:
+    leaky = RuntimeError("https://user:hunter2@registry.example.com/v2/ failed")
+    assert "hunter2" not in describe_error(leaky)
+    assert describe_error(HealthCheckError("not healthy", hint="escalate")) == "not healthy: escalate"
+
+
+def _record(outcome: str) -> RollbackRecord:
+    start = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    record = RollbackRecord("shop", "production", "alert", "5xx spike", "INC-7", start, start + timedelta(seconds=5))
+    record.from_sha, record.to_sha, record.sha_source = D, C, "last known good"
+    record.image, record.digest = "ghcr.io/acme/shop:" + C, "sha256:" + "1" * 64
+    with record.step("resolve-sha") as step:
+        step.detail = "ccccccc (last known good)"
+    if outcome == "recovered":
+        record.healthy_at = start + timedelta(seconds=42)
+        record.outcome = "recovered"
+        record.health_summary = ["3 consecutive healthy rounds of 3 in 0.30 s"]
+    else:
+        with pytest.raises(HealthCheckError), record.step("health-check"):
+            raise HealthCheckError("not healthy after 300 s", hint="escalate")
+        record.fail("health-check", "not healthy after 300 s")
+    record.links["deploy"] = "https://github.com/acme/shop/actions/runs/1"
+    record.ended_at = start + timedelta(seconds=50)
+    return record
+
+
+def test_postmortem_of_a_recovery_has_every_section() -> None:
+    markdown = render_markdown(_record("recovered"))
+    for section in (
+        "## Summary",
+        "## Versions",
+        "## Timeline",
+        "## Steps",
+        "## Health results",
+        "## Links",
+        "## Review checklist",
+    ):
+        assert section in markdown
+    assert "Time to recovery:** 42.0 s" in markdown and f"`{D}`" in markdown and f"`{C}`" in markdown
+    assert "Trigger:** alert" in markdown and "INC-7" in markdown and "actions/runs/1" in markdown
+
+
+def test_postmortem_of_a_failure_names_the_step() -> None:
+    record = _record("failed")
+    markdown = render_markdown(record)
+    assert "FAILED at step `health-check`" in markdown and "not recovered" in markdown
+    assert [row["step"] for row in timings_table(record)] == ["resolve-sha", "health-check"]
+    assert [row["state"] for row in timings_table(record)] == ["completed", "failed"]
+
+
+def test_artifact_keys_are_prefect_safe() -> None:
+    assert artifact_key("shop_v2", "Prod.EU") == "rollback-shop-v2-prod-eu"
