@@ -80,7 +80,7 @@ def rollback(
         detected_at=detected_at or now,
         started_at=now,
         dry_run=dry_run,
-        run_url=flow_run.ui_url,
+        run_url=_run_url(),
     )
     if record.run_url:
         record.links["flow run"] = record.run_url
@@ -197,6 +197,12 @@ def _procedure(
             messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link),
         ),
     )
+
+
+def _run_url() -> str | None:
+    # Prefect builds the link from PREFECT_UI_URL; without one it would print "None/flow-runs/...".
+    url = flow_run.ui_url
+    return url if url and url.startswith("http") else None
 
 
 def _slack_outcome(record: RollbackRecord, posted: Posted) -> None:

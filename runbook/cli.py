@@ -95,6 +95,8 @@ def demo(
     """Roll a broken sandbox service back to its last known good version, end to end, on local servers."""
     base = (workdir or Path(".runbook")).resolve()
     prefect_defaults(base / "prefect")
+    # Links in Slack and the post-mortem point where the README says to look: a server on this PREFECT_HOME.
+    os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
     from runbook.sandbox.demo import run_demo
 
     ok = run_demo(Path(tempfile.mkdtemp(prefix="sandbox-", dir=_mkdir(base))), base / "prefect")
