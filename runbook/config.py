@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -83,7 +83,7 @@ class SecretRef(_Model):
         from prefect.blocks.system import Secret
 
         try:
-            block = Secret.load(str(self.prefect_secret))
+            block = cast(Secret[str], Secret.load(str(self.prefect_secret)))  # sync context: not a coroutine
         except ValueError as exc:
             raise SecretError(
                 f"the {self.describe()} cannot be loaded",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from github import Auth, Github, GithubException, GithubRetry, UnknownObjectException
 from github.Repository import Repository
 
@@ -66,6 +68,14 @@ def github_errors(doing: str, repository: str) -> Iterator[None]:
             404: f"check that {repository} exists and that the token can see it",
         }.get(exc.status, "GitHub answered with an error; retry, or check githubstatus.com")
         raise GitHubError(f"GitHub: {doing} in {repository} failed: {_reason(exc)}", hint=hint) from None
+    except requests.exceptions.RetryError as exc:
+        # PyGithub's retries ran out on 5xx answers: GitHub is up but failing.
+        status = re.search(r"too many (\d{3}) error", str(exc))
+        raise GitHubError(
+            f"GitHub: {doing} in {repository} failed: GitHub kept answering with errors"
+            + (f" (HTTP {status.group(1)})" if status else ""),
+            hint="GitHub is having trouble: check githubstatus.com, then run again (nothing was changed by this step)",
+        ) from None
     except OSError as exc:  # connection refused, DNS, TLS, timeouts (requests' errors are OSErrors)
         raise GitHubError(
             f"GitHub: {doing} in {repository} failed: cannot reach the API ({type(exc).__name__})",

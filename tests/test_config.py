@@ -117,3 +117,17 @@ def test_check_config_command(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["check-config", "--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "cannot read the configuration file" in result.output
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_secret_from_a_prefect_secret_block() -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value="xoxb-from-block").save("runbook-test-slack", overwrite=True)
+    data = _minimal()
+    data["slack"] = {"token": {"prefect_secret": "runbook-test-slack"}}
+    config = parse_config(data)
+    assert config.slack.token.reveal().get_secret_value() == "xoxb-from-block"  # type: ignore[union-attr]
+    missing = parse_config({**data, "slack": {"token": "prefect-secret:no-such-block"}})
+    with pytest.raises(SecretError, match="Prefect Secret block 'no-such-block' cannot be loaded"):
+        missing.slack.token.reveal()  # type: ignore[union-attr]

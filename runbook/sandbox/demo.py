@@ -34,7 +34,7 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         _say(f"Running the Prefect flow `rollback` for {SERVICE}/{ENVIRONMENT} (no SHA given: last known good) ...")
         _say()
 
-        from flows.rollback import rollback
+        from flows.rollback import RollbackSummary, rollback
 
         started = time.perf_counter()
         state = rollback(
@@ -61,7 +61,7 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         _say()
         _say("== Result ==")
         _say(f"  flow run state    {state.type.value} ({state.name})")
-        if state.is_completed():
+        if isinstance(summary, RollbackSummary):
             _say(f"  rolled back from  {summary.from_sha}  (broken)")
             _say(f"  rolled back to    {summary.to_sha}  (last known good: {good == summary.to_sha})")
             _say(f"  image digest      {summary.digest}")

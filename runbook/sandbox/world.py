@@ -68,6 +68,7 @@ class Sandbox:
         self.slack = SlackStandIn(token=slack_token, channels={CHANNEL: "C0INCIDENT1"}, echo=echo)
         self.app = SandboxApp(version="0" * 40)
         self.commits = SandboxCommits([])
+        self.workflow_fails = False  # tests: the rollback workflow's deploy job fails
         self.config_path = workdir / "runbook.yaml"
 
     @property
@@ -117,6 +118,8 @@ class Sandbox:
 
     def _run_workflow(self, request: WorkflowRunRequest) -> str:
         """What the application's rollback-production workflow does: pull the SHA's image, deploy it."""
+        if self.workflow_fails:
+            return "failure"
         sha = str(request.inputs.get("sha", ""))
         url = f"{self.registry.base_url}/v2/acme/shop/manifests/{sha}"
         accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"

@@ -209,3 +209,35 @@ def test_retried_run_deploys_once_and_keeps_one_thread(sandbox: Sandbox) -> None
     texts = [m.text for m in one_thread(sandbox)]
     assert sum(SEED_1 in t for t in texts) == 1 and sum(SEED_2.format(sha=good) in t for t in texts) == 1
     assert "health-check" in texts[-2] and SEED_3 in texts[-1]
+
+
+def test_failed_workflow_run_fails_the_deploy_with_its_link(sandbox: Sandbox) -> None:
+    sandbox.workflow_fails = True
+
+    state = run(sandbox)
+
+    assert state.is_failed()
+    assert len(sandbox.github.dispatches()) == 1 and sandbox.app.version == sandbox.commits.broken
+    failure = one_thread(sandbox)[-1]
+    assert "*deploy*" in failure.text and "ended with 'failure'" in failure.text
+    assert "/actions/runs/" in failure.text  # the workflow run to open
+    assert "FAILED at step `deploy`" in postmortem_of(state)
+
+
+def test_github_unreachable_fails_before_any_change(sandbox: Sandbox) -> None:
+    sandbox.github.set_down(True)
+
+    state = run(sandbox)
+
+    assert state.is_failed()
+    assert "GitHub" in str(state.message) and "HTTP 503" in str(state.message)
+    assert sandbox.app.version == sandbox.commits.broken
+    assert [r for r in sandbox.github.mutating_requests() if r.status < 500] == []
+    assert "resolve-sha" in one_thread(sandbox)[-1].text
+
+
+def test_unknown_service_is_refused_before_anything(sandbox: Sandbox) -> None:
+    state = rollback(service="cart", environment=ENVIRONMENT, config_path=str(sandbox.config_path), return_state=True)
+
+    assert state.is_failed() and "unknown service 'cart'" in str(state.message)
+    assert sandbox.github.requests == [] and sandbox.slack.messages == []
