@@ -59,7 +59,9 @@ def post(
         response = client.chat_postMessage(**kwargs)  # type: ignore[arg-type]
     except SlackApiError as exc:
         # The error code only ("invalid_auth", "ratelimited"): never the request, which holds the token.
-        error = f"Slack refused the message: {exc.response.get('error', exc.response.status_code)}"
+        status = exc.response.status_code
+        code = exc.response.get("error") if status == 200 else f"HTTP {status}"
+        error = f"Slack refused the message: {code}"
     except (SlackClientError, OSError) as exc:
         error = f"Slack unreachable: {type(exc).__name__}"
     except RunbookError as exc:

@@ -257,7 +257,7 @@ class GitHubStandIn:
         on_workflow_run: Callable[[WorkflowRunRequest], str] | None = None,
     ) -> None:
         self._token = token
-        self._step = run_step_seconds
+        self.run_step_seconds = run_step_seconds  # public: tests slow a run down
         self._on_workflow_run = on_workflow_run
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
@@ -1079,11 +1079,11 @@ class GitHubStandIn:
 
     def _drive_run(self, run: _Run, request: WorkflowRunRequest) -> None:
         """Advance one run queued -> in_progress -> completed, calling `on_workflow_run` in between."""
-        if self._stopping.wait(self._step):
+        if self._stopping.wait(self.run_step_seconds):
             return
         with self._lock:
             run.status, run.updated_at = "in_progress", _now()
-        if self._stopping.wait(self._step):
+        if self._stopping.wait(self.run_step_seconds):
             return
         conclusion = "success"
         if self._on_workflow_run is not None:

@@ -33,7 +33,9 @@ class GitHubActionsDeployTarget:
     def _workflow(self) -> Any:
         try:
             with repo_api.github_errors(f"reading workflow {self._settings.workflow}", self._repo.full_name):
-                return self._repo.get_workflow(self._settings.workflow)
+                workflow = self._repo.get_workflow(self._settings.workflow)
+                workflow.raw_data  # noqa: B018 -- fetch now (lazy client), so a 404 is reported here
+                return workflow
         except GitHubError as exc:
             raise DeployError(
                 exc.message,
