@@ -57,7 +57,7 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
 
     mark = time.perf_counter()
     repo = repo_api.connect(config.github, service.repository)
-    target = build_target(repo, service, ENVIRONMENT, env)
+    target = build_target(config, SERVICE, ENVIRONMENT)
     with registry_client(config) as registry:
         running = target.current_version()
         resolution = resolve(repo, service, ENVIRONMENT, None, running, lambda s: image_exists(registry, service, s))

@@ -20,7 +20,7 @@ from runbook import messages
 from runbook.config import RunbookConfig, load_config
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.targets import DeployRequest
-from tasks.deploy import deploy, preflight_deploy
+from tasks.deploy import deploy, finish_deploy, preflight_deploy
 from tasks.health_check import check_health, record_healthy_rollout
 from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started
 from tasks.postmortem import write_postmortem
@@ -182,6 +182,10 @@ def _procedure(
         record.health_summary = report.summary()
         step.detail = report.verdict.reason
     record.outcome = "recovered"
+    if not result.skipped:
+        cleanup = finish_deploy(config, request, result)
+        if cleanup and cleanup.startswith("clean-up failed"):
+            record.warn(cleanup)
     record_healthy_rollout(config, service, environment, resolution.sha, image.digest, record.run_url)
 
     ttr = record.time_to_recovery or 0.0

@@ -135,7 +135,50 @@ class GitHubActionsTarget(_Model):
     timeout_seconds: float = Field(default=1800.0, gt=0)
 
 
-DeployTarget = Annotated[GitHubActionsTarget, Field(discriminator="type")]
+class DockerTarget(_Model):
+    """Deploy on a Docker engine: pull by digest, replace the container keeping its configuration."""
+
+    type: Literal["docker"]
+    host: str | None = Field(default=None, description="unix:///... or tcp://...; default $DOCKER_HOST")
+    container: str | None = Field(default=None, description="name of the service's container")
+    label: str | None = Field(default=None, description="or a label selecting it, e.g. 'com.acme.service=shop'")
+    sha_label: str = Field(
+        default="org.opencontainers.image.revision", description="image/container label holding the commit SHA"
+    )
+    stop_timeout_seconds: int = Field(default=10, ge=0)
+    start_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _selector(self) -> DockerTarget:
+        if (self.container is None) == (self.label is None):
+            raise ValueError("give exactly one of 'container' (a name) or 'label' (key=value)")
+        if self.label is not None and "=" not in self.label:
+            raise ValueError("'label' must be key=value, e.g. 'com.acme.service=shop'")
+        return self
+
+
+class WebhookTarget(_Model):
+    """Deploy by a signed POST to a deploy API; optionally poll a status URL until it is done."""
+
+    type: Literal["webhook"]
+    url: str
+    secret: SecretRef | None = Field(default=None, description="HMAC-SHA256 key for the signature header")
+    signature_header: str = "X-Runbook-Signature-256"
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    status_url: str | None = Field(default=None, description="polled until done; {id} is the deploy id answered")
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    deadline_seconds: float = Field(default=600.0, gt=0)
+
+    @field_validator("url", "status_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+DeployTarget = Annotated[GitHubActionsTarget | DockerTarget | WebhookTarget, Field(discriminator="type")]
 
 
 class Probe(_Model):
@@ -191,6 +234,9 @@ class ServiceSettings(_Model):
     branch: str = "main"
     image: str
     tag_format: str = "{sha}"
+    require_platform: str | None = Field(
+        default=None, description="e.g. linux/amd64: a multi-platform image (index) must include it"
+    )
     slack: SlackRoute = Field(default_factory=SlackRoute)
     environments: dict[str, EnvironmentSettings] = Field(min_length=1)
 

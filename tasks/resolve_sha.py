@@ -89,7 +89,7 @@ def resolve_sha(config: RunbookConfig, service_name: str, environment: str, requ
     logger = get_run_logger()
     service = config.service(service_name)
     repo = repo_api.connect(config.github, service.repository)
-    target = build_target(repo, service, environment, config.environment(service_name, environment))
+    target = build_target(config, service_name, environment)
     running = target.current_version()
     with registry_client(config) as registry:
         resolution = resolve(

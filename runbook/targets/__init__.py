@@ -1,18 +1,20 @@
-"""Deploy targets: one module each, all behind `DeployTarget`."""
+"""Deploy targets: one module each, all behind `DeployTarget`; `build_target` picks the configured one."""
 
 from __future__ import annotations
 
-from github.Repository import Repository
-
-from runbook.config import EnvironmentSettings, ServiceSettings
+from runbook import repository as repo_api
+from runbook.config import GitHubActionsTarget, RunbookConfig
 from runbook.targets.base import DeployRequest, DeployResult, DeployTarget
 from runbook.targets.github_actions import GitHubActionsDeployTarget
 
 __all__ = ["DeployRequest", "DeployResult", "DeployTarget", "build_target"]
 
 
-def build_target(
-    repo: Repository, service: ServiceSettings, environment: str, settings: EnvironmentSettings
-) -> DeployTarget:
-    """The deploy target configured for one environment."""
-    return GitHubActionsDeployTarget(repo, settings.deploy, service.branch, environment)
+def build_target(config: RunbookConfig, service_name: str, environment: str) -> DeployTarget:
+    """The deploy target configured for one environment of a service."""
+    service = config.service(service_name)
+    settings = config.environment(service_name, environment).deploy
+    if isinstance(settings, GitHubActionsTarget):
+        repo = repo_api.connect(config.github, service.repository)
+        return GitHubActionsDeployTarget(repo, settings, service.branch, environment)
+    raise NotImplementedError(f"deploy target {settings.type!r} is not available yet")

@@ -27,6 +27,7 @@ class DeployResult:
     skipped: bool
     detail: str
     link: str | None = None
+    previous: str | None = None  # what the target replaced (e.g. the old container), for finish()
 
 
 class DeployTarget(Protocol):
@@ -44,4 +45,8 @@ class DeployTarget(Protocol):
 
     def deploy(self, request: DeployRequest) -> DeployResult:
         """Deploy and wait until the target says it is done (or raise DeployError)."""
+        ...
+
+    def finish(self, result: DeployResult) -> str | None:
+        """After the health check passed: clean up what deploy() kept for a way back; say what was done."""
         ...

@@ -81,6 +81,9 @@ class GitHubActionsDeployTarget:
             )
         return self._follow(run.id, run.html_url)
 
+    def finish(self, result: DeployResult) -> str | None:
+        return None  # the workflow keeps nothing to clean up
+
     def _follow(self, run_id: int, link: str) -> DeployResult:
         deadline = time.monotonic() + self._settings.timeout_seconds
         status = "queued"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from prefect.logging import disable_run_logger
 
-from runbook import repository as repo_api
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import DeployError
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
-from runbook.targets import DeployRequest, build_target
+from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from runbook.targets import DeployRequest, DeployTarget, build_target
 from tasks.deploy import deploy
 
 
@@ -17,10 +16,8 @@ def _request(sha: str) -> DeployRequest:
     return DeployRequest(SERVICE, ENVIRONMENT, sha, "img@sha256:" + "0" * 64, "sha256:" + "0" * 64, "test", "run-1")
 
 
-def _target(config: RunbookConfig):  # type: ignore[no-untyped-def]
-    service = config.service(SERVICE)
-    repo = repo_api.connect(config.github, REPOSITORY)
-    return build_target(repo, service, ENVIRONMENT, config.environment(SERVICE, ENVIRONMENT))
+def _target(config: RunbookConfig) -> DeployTarget:
+    return build_target(config, SERVICE, ENVIRONMENT)
 
 
 def test_dispatches_with_the_sha_and_follows_the_run(sandbox: Sandbox, config: RunbookConfig) -> None:
