@@ -10,14 +10,23 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, pause_flow_run
+from prefect.client.schemas.objects import State
+from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from runbook import messages
+from runbook.approval import Approval, approval_description
+from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
+from runbook.errors import ApprovalError
+from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.targets import DeployRequest
 from tasks.deploy import deploy, finish_deploy, preflight_deploy
@@ -43,33 +52,81 @@ class RollbackSummary:
     postmortem: str
 
 
+_SERVICES, _ENVIRONMENTS = configured_names()
+if TYPE_CHECKING:
+    ServiceName = str
+    EnvironmentName = str
+else:
+    ServiceName = choice(_SERVICES)
+    EnvironmentName = choice(_ENVIRONMENTS)
+
+
 @flow(name="rollback", flow_run_name="rollback-{service}-{environment}", timeout_seconds=4 * 3600)
 def rollback(
-    service: str,
-    environment: str,
+    service: ServiceName,
+    environment: EnvironmentName,
     sha: str | None = None,
     reason: str = "",
     incident: str | None = None,
     dry_run: bool = False,
+    require_approval: bool = False,
+    approval_timeout_seconds: int = 900,
     detected_at: datetime | None = None,
     trigger: str = "manual",
     config_path: str | None = None,
-) -> RollbackSummary:
+) -> RollbackSummary | State:
     """Roll a service back to its last stable version, telling everyone, and write the post-mortem.
 
     Args:
-        service: the configured service to roll back.
-        environment: the environment to roll back (e.g. production).
-        sha: the commit to return to (7-40 hex characters); empty for the last known good version.
-        reason: why, in a few words (shown in Slack and in the post-mortem).
-        incident: incident id or link, if any.
-        dry_run: resolve, verify the image and check the deploy target only; change nothing.
-        detected_at: when the incident started (an alert's startsAt); default now.
-        trigger: who started the run: manual, alert, schedule.
-        config_path: the configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
+        service: The configured service to roll back.
+        environment: The environment to roll back (e.g. production).
+        sha: The stable commit to return to (7 to 40 hex characters). Leave empty for the last known good version.
+        reason: Why, in a few words (shown in Slack and in the post-mortem).
+        incident: Incident id or link, if any.
+        dry_run: Resolve the SHA, verify the image and check the deploy target only; change and post nothing.
+        require_approval: Pause before deploying until a person approves in the Prefect UI (Resume).
+        approval_timeout_seconds: How long to wait for that approval before giving up (nothing deployed).
+        detected_at: When the incident started (an alert's startsAt); default: now.
+        trigger: Who started the run: manual, alert, schedule.
+        config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
     """
     config = load_config(config_path)
     config.environment(service, environment)  # unknown service or environment: fail before anything
+    with ExitStack() as stack:
+        if not dry_run:
+            try:
+                stack.enter_context(one_rollback_at_a_time(service, environment))
+            except RollbackInProgressError as exc:
+                get_run_logger().warning(str(exc))
+                return Cancelled(message=str(exc))
+        return _run(
+            config,
+            service,
+            environment,
+            sha,
+            reason,
+            incident,
+            dry_run,
+            require_approval,
+            approval_timeout_seconds,
+            detected_at,
+            trigger,
+        )
+
+
+def _run(
+    config: RunbookConfig,
+    service: str,
+    environment: str,
+    sha: str | None,
+    reason: str,
+    incident: str | None,
+    dry_run: bool,
+    require_approval: bool,
+    approval_timeout: int,
+    detected_at: datetime | None,
+    trigger: str,
+) -> RollbackSummary:
     now = utcnow()
     record = RollbackRecord(
         service=service,
@@ -98,7 +155,7 @@ def rollback(
         if not dry_run:
             thread = notify_incident(config, ctx, messages.incident_message(ctx))
             _slack_outcome(record, thread)
-        _procedure(config, record, ctx, thread, sha)
+        _procedure(config, record, ctx, thread, sha, approval_timeout if require_approval else None)
     except Exception as exc:
         step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
         record.fail(step, describe_error(exc))
@@ -130,6 +187,7 @@ def _procedure(
     ctx: messages.IncidentContext,
     thread: Posted,
     sha: str | None,
+    approval_timeout: int | None,
 ) -> None:
     """The seed's sections 3.1 to 3.3 and 4, in order."""
     service, environment = record.service, record.environment
@@ -156,6 +214,12 @@ def _procedure(
             step.detail = preflight_deploy(config, service, environment)
         record.outcome = "dry-run"
         return
+
+    if approval_timeout is not None:
+        with record.step("approval") as step:
+            approval = wait_for_approval(record, resolution.title, resolution.compare_url, approval_timeout)
+            record.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
+            step.detail = f"approved by {record.approval}"
 
     _slack_outcome(
         record,
@@ -201,6 +265,39 @@ def _procedure(
             messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link),
         ),
     )
+
+
+def wait_for_approval(record: RollbackRecord, title: str, compare_url: str | None, timeout: int) -> Approval:
+    """Pause the run until a person approves or rejects it in the Prefect UI (ApprovalError unless approved)."""
+    description = approval_description(
+        record.service,
+        record.environment,
+        record.from_sha,
+        record.to_sha or "",
+        title,
+        record.image or "",
+        record.digest or "",
+        compare_url,
+    )
+    get_run_logger().info("waiting up to %d s for a person to approve the rollback (Resume in the UI)", timeout)
+    try:
+        approval = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=description), timeout=timeout, poll_interval=1
+        )
+    except FlowPauseTimeout:
+        raise ApprovalError(
+            f"nobody approved the rollback within {timeout} s: nothing was deployed",
+            hint="run it again, or without require_approval",
+        ) from None
+    if not approval.approve:
+        who = approval.approver or "someone"
+        raise ApprovalError(
+            f"{who} rejected the rollback"
+            + (f" ({approval.comment})" if approval.comment else "")
+            + ": nothing was deployed",
+            hint="choose another SHA or fix forward",
+        )
+    return approval
 
 
 def _run_url() -> str | None:

@@ -212,12 +212,21 @@ class HealthSettings(_Model):
     deadline_seconds: float = Field(default=300.0, gt=0)
 
 
+class ScheduleSettings(_Model):
+    """When rehearsals run (cron, in the server's time zone unless `timezone` is set)."""
+
+    cron: str = "0 10 * * 1"
+    timezone: str = "UTC"
+
+
 class EnvironmentSettings(_Model):
     """One environment of a service: where it is deployed and how it is checked."""
 
     deploy: DeployTarget
     health: HealthSettings
     url: str | None = Field(default=None, description="public URL, linked in messages")
+    staging: bool = Field(default=False, description="rehearsals really roll back and forward here (drill)")
+    rehearsal: ScheduleSettings | None = Field(default_factory=ScheduleSettings, description="null: no rehearsal")
 
 
 class SlackRoute(_Model):
@@ -270,12 +279,27 @@ class ServiceSettings(_Model):
         return self.tag_format.format(sha=sha, short_sha=sha[:7])
 
 
+class AlertSettings(_Model):
+    """The alert endpoint: who may call it, and how alert labels map to a service and environment."""
+
+    token: SecretRef = Field(description="bearer token Alertmanager/Grafana must send")
+    service_label: str = "service"
+    environment_label: str = "environment"
+    default_environment: str | None = Field(default=None, description="when the alert has no environment label")
+    match: dict[str, str] = Field(
+        default_factory=lambda: {"rollback": "auto"},
+        description="labels an alert must carry (exact values) to start a rollback",
+    )
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+
+
 class RunbookConfig(_Model):
     """The whole file."""
 
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     registries: list[RegistrySettings] = Field(default_factory=list)
+    alerts: AlertSettings | None = None
     services: dict[str, ServiceSettings] = Field(min_length=1)
 
     @field_validator("services")

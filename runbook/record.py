@@ -51,6 +51,7 @@ class RollbackRecord:
     outcome: str = "running"  # running, recovered, failed, dry-run
     failure_step: str | None = None
     failure_reason: str | None = None
+    approval: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
     health_summary: list[str] = field(default_factory=list)

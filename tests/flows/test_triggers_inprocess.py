@@ -1,0 +1,120 @@
+"""One rollback at a time per service and environment, and the approval pause (real Prefect test server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+
+from flows.rollback import rollback
+from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path, run_step_seconds=0.3) as world:
+        yield world
+
+
+def _in_thread(**parameters: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        out["state"] = rollback(service=SERVICE, environment=ENVIRONMENT, return_state=True, **parameters)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, out
+
+
+def _paused_run(config_path: str, timeout: float = 30) -> UUID:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+            for run in runs:
+                if run.parameters.get("config_path") == config_path:
+                    return run.id
+            time.sleep(0.2)
+    raise AssertionError("the run never paused for approval")
+
+
+def test_two_concurrent_rollbacks_of_one_service_deploy_once(sandbox: Sandbox) -> None:
+    config = str(sandbox.config_path)
+    sandbox.github.run_step_seconds = 2.0  # the first rollback's deploy takes a while
+    first = _in_thread(config_path=config, reason="alert 1")
+    deadline = time.monotonic() + 60
+    while not sandbox.slack.messages and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first run holds the slot once it has posted the incident
+    second = _in_thread(config_path=config, reason="alert 2")
+    threads = [first, second]
+    for thread, _ in threads:
+        thread.join(timeout=120)
+    states = sorted(out["state"].type.value for _, out in threads)
+    assert states == ["CANCELLED", "COMPLETED"], states
+    cancelled = next(out["state"] for _, out in threads if out["state"].is_cancelled())
+    assert "already running" in str(cancelled.message)
+    assert len(sandbox.github.dispatches()) == 1
+    # The refused run posted nothing: one thread, one incident message.
+    assert len([m for m in sandbox.slack.messages if m.thread_ts is None]) == 1
+    # The slot is free again: a later rollback is not refused.
+    sandbox.github.run_step_seconds = 0.05
+    later = rollback(
+        service=SERVICE, environment=ENVIRONMENT, config_path=config, sha=sandbox.commits.all[0], return_state=True
+    )
+    assert later.is_completed(), later.message
+
+
+def test_rejected_approval_deploys_nothing(sandbox: Sandbox) -> None:
+    config = str(sandbox.config_path)
+    thread, out = _in_thread(config_path=config, require_approval=True, approval_timeout_seconds=60)
+    run_id = _paused_run(config)
+    assert sandbox.github.dispatches() == []
+    resume_flow_run(run_id, run_input={"approve": False, "approver": "alice", "comment": "not this one"})
+    thread.join(timeout=60)
+    state = out["state"]
+    assert state.is_failed() and "alice rejected the rollback (not this one)" in str(state.message)
+    assert sandbox.github.dispatches() == [] and sandbox.app.version == sandbox.commits.broken
+    assert "*approval*" in sandbox.slack.messages[-1].text
+
+
+def test_approved_rollback_deploys_and_records_who(sandbox: Sandbox) -> None:
+    config = str(sandbox.config_path)
+    thread, out = _in_thread(config_path=config, require_approval=True, approval_timeout_seconds=60)
+    run_id = _paused_run(config)
+    resume_flow_run(run_id, run_input={"approve": True, "approver": "bob", "comment": "go"})
+    thread.join(timeout=60)
+    state = out["state"]
+    assert state.is_completed(), state.message
+    assert sandbox.app.version == sandbox.commits.last_known_good and len(sandbox.github.dispatches()) == 1
+    assert "approved by bob: go" in state.result().postmortem
+
+
+def test_approval_timeout_deploys_nothing(sandbox: Sandbox) -> None:
+    state = rollback(
+        service=SERVICE,
+        environment=ENVIRONMENT,
+        config_path=str(sandbox.config_path),
+        require_approval=True,
+        approval_timeout_seconds=2,
+        return_state=True,
+    )
+    # The server fails a pause that timed out itself; the reason is in the escalation and the post-mortem.
+    assert state.is_failed()
+    assert "nobody approved the rollback within 2 s" in sandbox.slack.messages[-1].text
+    assert sandbox.github.dispatches() == []
