@@ -30,7 +30,7 @@ from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.targets import DeployRequest
 from tasks.deploy import deploy, finish_deploy, preflight_deploy
-from tasks.health_check import check_health, record_healthy_rollout
+from tasks.health_check import check_health, check_metric, check_smoke, record_healthy_rollout
 from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started
 from tasks.postmortem import write_postmortem
 from tasks.resolve_sha import resolve_sha
@@ -73,6 +73,7 @@ def rollback(
     approval_timeout_seconds: int = 900,
     detected_at: datetime | None = None,
     trigger: str = "manual",
+    notify: bool = True,
     config_path: str | None = None,
 ) -> RollbackSummary | State:
     """Roll a service back to its last stable version, telling everyone, and write the post-mortem.
@@ -87,7 +88,8 @@ def rollback(
         require_approval: Pause before deploying until a person approves in the Prefect UI (Resume).
         approval_timeout_seconds: How long to wait for that approval before giving up (nothing deployed).
         detected_at: When the incident started (an alert's startsAt); default: now.
-        trigger: Who started the run: manual, alert, schedule.
+        trigger: Who started the run: manual, alert, schedule, drill.
+        notify: Tell Slack (rehearsal drills turn it off and report on their own).
         config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
     """
     config = load_config(config_path)
@@ -99,44 +101,47 @@ def rollback(
             except RollbackInProgressError as exc:
                 get_run_logger().warning(str(exc))
                 return Cancelled(message=str(exc))
-        return _run(
-            config,
+        params = _Params(
             service,
             environment,
             sha,
             reason,
             incident,
             dry_run,
-            require_approval,
-            approval_timeout_seconds,
+            approval_timeout_seconds if require_approval else None,
             detected_at,
             trigger,
+            notify and not dry_run,
         )
+        return _run(config, params)
 
 
-def _run(
-    config: RunbookConfig,
-    service: str,
-    environment: str,
-    sha: str | None,
-    reason: str,
-    incident: str | None,
-    dry_run: bool,
-    require_approval: bool,
-    approval_timeout: int,
-    detected_at: datetime | None,
-    trigger: str,
-) -> RollbackSummary:
+@dataclass(frozen=True)
+class _Params:
+    service: str
+    environment: str
+    sha: str | None
+    reason: str
+    incident: str | None
+    dry_run: bool
+    approval_timeout: int | None
+    detected_at: datetime | None
+    trigger: str
+    posts: bool
+
+
+def _run(config: RunbookConfig, p: _Params) -> RollbackSummary:
+    service, environment, reason, incident = p.service, p.environment, p.reason, p.incident
     now = utcnow()
     record = RollbackRecord(
         service=service,
         environment=environment,
-        trigger=trigger,
+        trigger=p.trigger,
         reason=reason,
         incident=incident,
-        detected_at=detected_at or now,
+        detected_at=p.detected_at or now,
         started_at=now,
-        dry_run=dry_run,
+        dry_run=p.dry_run,
         run_url=_run_url(),
     )
     if record.run_url:
@@ -150,16 +155,16 @@ def _run(
         run_url=record.run_url,
         language=config.slack.language,
     )
-    thread = Posted(None, None, "dry run: nothing posted")
+    thread = Posted(None, None, "nothing posted (dry run or notify off)")
     try:
-        if not dry_run:
+        if p.posts:
             thread = notify_incident(config, ctx, messages.incident_message(ctx))
             _slack_outcome(record, thread)
-        _procedure(config, record, ctx, thread, sha, approval_timeout if require_approval else None)
+        _procedure(config, record, ctx, thread, p.sha, p.approval_timeout, p.posts)
     except Exception as exc:
         step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
         record.fail(step, describe_error(exc))
-        if not dry_run:
+        if p.posts:
             _slack_outcome(
                 record,
                 notify_outcome(config, ctx, thread, messages.failure_message(ctx, step, record.failure_reason or "")),
@@ -188,6 +193,7 @@ def _procedure(
     thread: Posted,
     sha: str | None,
     approval_timeout: int | None,
+    posts: bool,
 ) -> None:
     """The seed's sections 3.1 to 3.3 and 4, in order."""
     service, environment = record.service, record.environment
@@ -221,15 +227,9 @@ def _procedure(
             record.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
             step.detail = f"approved by {record.approval}"
 
-    _slack_outcome(
-        record,
-        notify_rollback_started(
-            config,
-            ctx,
-            thread,
-            messages.rollback_started_message(ctx, resolution.sha, resolution.compare_url),
-        ),
-    )
+    if posts:
+        started = messages.rollback_started_message(ctx, resolution.sha, resolution.compare_url)
+        _slack_outcome(record, notify_rollback_started(config, ctx, thread, started))
     with record.step("deploy") as step:
         request = DeployRequest(
             service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
@@ -245,6 +245,15 @@ def _procedure(
         record.healthy_at = utcnow()
         record.health_summary = report.summary()
         step.detail = report.verdict.reason
+    env = config.environment(service, environment)
+    if env.metric is not None:
+        with record.step("metric-check") as step:
+            record.metric_summary = check_metric(config, service, environment)
+            step.detail = record.metric_summary[0] if record.metric_summary else ""
+    if env.smoke:
+        with record.step("smoke-checks") as step:
+            record.smoke_summary = check_smoke(config, service, environment)
+            step.detail = record.smoke_summary[0] if record.smoke_summary else ""
     record.outcome = "recovered"
     if not result.skipped:
         cleanup = finish_deploy(config, request, result)
@@ -256,15 +265,9 @@ def _procedure(
     get_run_logger().info(
         "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
     )
-    _slack_outcome(
-        record,
-        notify_outcome(
-            config,
-            ctx,
-            thread,
-            messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link),
-        ),
-    )
+    if posts:
+        recovered = messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link)
+        _slack_outcome(record, notify_outcome(config, ctx, thread, recovered))
 
 
 def wait_for_approval(record: RollbackRecord, title: str, compare_url: str | None, timeout: int) -> Approval:

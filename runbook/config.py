@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -25,6 +23,8 @@ from pydantic import (
 )
 
 from runbook.errors import ConfigError, SecretError
+from runbook.models import Settings
+from runbook.verification import MetricCheck, SmokeCheck
 
 DEFAULT_CONFIG_PATH = "runbook.yaml"
 CONFIG_ENV_VAR = "RUNBOOK_CONFIG"
@@ -33,8 +33,7 @@ _NAME = r"^[a-z0-9][a-z0-9-]*$"
 _TAG_FIELDS = {"sha", "short_sha"}
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Model = Settings
 
 
 class SecretRef(_Model):
@@ -225,6 +224,8 @@ class EnvironmentSettings(_Model):
     deploy: DeployTarget
     health: HealthSettings
     url: str | None = Field(default=None, description="public URL, linked in messages")
+    metric: MetricCheck | None = Field(default=None, description="error-rate check after the probes (Prometheus)")
+    smoke: list[SmokeCheck] = Field(default_factory=list, description="key features checked once healthy")
     staging: bool = Field(default=False, description="rehearsals really roll back and forward here (drill)")
     rehearsal: ScheduleSettings | None = Field(default_factory=ScheduleSettings, description="null: no rehearsal")
 

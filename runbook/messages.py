@@ -66,6 +66,20 @@ _ACTIONS: dict[str, dict[Language, str]] = {
         "en": "the version was redeployed but the service is not healthy: escalate to on-call, "
         "check the dashboards and logs.",
     },
+    "metric-check": {
+        "fr": "la version est redéployée mais le taux d'erreur reste élevé : escalader à l'astreinte, "
+        "vérifier les tableaux de bord ; la cause n'est peut-être pas le dernier déploiement.",
+        "en": "the version is redeployed but the error rate stays high: escalate to on-call, check the "
+        "dashboards; the cause may not be the last deploy.",
+    },
+    "smoke-checks": {
+        "fr": "le service répond mais des fonctionnalités clés échouent : vérifier à la main et escalader.",
+        "en": "the service answers but key features fail: check by hand and escalate.",
+    },
+    "approval": {
+        "fr": "rien n'a été déployé : relancer le rollback, ou choisir un autre SHA.",
+        "en": "nothing was deployed: run the rollback again, or choose another SHA.",
+    },
 }
 _GENERIC_ACTION: dict[Language, str] = {
     "fr": "consulter le run Prefect pour le détail et suivre la procédure manuelle.",

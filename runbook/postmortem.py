@@ -72,6 +72,14 @@ def render_markdown(record: RollbackRecord) -> str:
     lines += [f"| {s.name} | {s.state} | {s.seconds:.2f} | {s.detail.replace('|', '/') or '-'} |" for s in record.steps]
     lines += ["", "## Health results"]
     lines += [f"- {line}" for line in record.health_summary] or ["- no health check ran"]
+    if record.metric_summary:
+        lines += ["", "## Error rate (metric check)"]
+        lines += [f"- {line}" for line in record.metric_summary]
+    if record.smoke_summary:
+        lines += ["", "## Smoke checks (key features)"]
+        lines += [f"- {line}" for line in record.smoke_summary]
+    if record.approval:
+        lines += ["", "## Approval", f"- approved by {record.approval}"]
     if record.warnings:
         lines += ["", "## Warnings"]
         lines += [f"- {w}" for w in record.warnings]

@@ -55,6 +55,8 @@ class RollbackRecord:
     steps: list[StepRecord] = field(default_factory=list)
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
     health_summary: list[str] = field(default_factory=list)
+    metric_summary: list[str] = field(default_factory=list)
+    smoke_summary: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
 

@@ -2,8 +2,12 @@
 
 One `HEAD /v2/<name>/manifests/<tag>` per check (a HEAD does not count as a pull on Docker Hub), with the
 Distribution token dance (Bearer challenge → token endpoint → retry) or HTTP Basic when a registry asks
-for it. Wire facts: runbook/sandbox/fixtures/oci/PROTOCOL.md. No credential or token ever goes into a
-message, log line, exception or repr.
+for it. A Bearer token the registry refuses (`error="invalid_token"`, e.g. revoked or expired early) is
+replaced once; a freshly fetched one that is refused is final. When a platform is required and the tag
+is a multi-platform image (OCI index, Docker manifest list), the index is fetched by digest (a GET, which
+Docker Hub counts as a pull: only then) and must list that platform. Wire facts:
+runbook/sandbox/fixtures/oci/PROTOCOL.md. No credential or token ever goes into a message, log line,
+exception or repr; messages name where the secret is configured (`secret_hint`), never its value.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_MEDIA_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
 DOCKER_HUB = "registry-1.docker.io"
@@ -49,6 +54,9 @@ _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _MAX_REDIRECTS = 5
 _DEFAULT_TOKEN_SECONDS = 60
+# Architecture spellings that name the same thing (containerd's platforms.Normalize does the same).
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
+_PLATFORM_PART = re.compile(r"[a-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,81 @@ class RegistryCredentials:
 
 @dataclass(frozen=True)
 class ManifestInfo:
-    """What the registry holds under a reference: the manifest's digest, media type and size."""
+    """What the registry holds under a reference: the manifest's digest, media type and size.
+
+    `platforms` lists the `os/arch[/variant]` of a multi-platform image when its index was read (a
+    platform was required, or the registry sent no digest on HEAD); empty when not known.
+    """
 
     image: str
     digest: str
     media_type: str
     size: int | None
+    platforms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Platform:
+    """`os/arch[/variant]`, compared the way container runtimes do (aliases, arm64 = arm64/v8)."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+    def normalized(self) -> Platform:
+        arch = _ARCH_ALIASES.get(self.architecture.lower(), self.architecture.lower())
+        variant = self.variant.lower()
+        if arch == "arm64" and variant == "v8":
+            variant = ""
+        return Platform(self.os.lower(), arch, variant)
+
+    def satisfies(self, required: Platform) -> bool:
+        """Whether an image for this platform is one for `required` (no variant required: any variant)."""
+        have, want = self.normalized(), required.normalized()
+        return (have.os, have.architecture) == (want.os, want.architecture) and (
+            not want.variant or have.variant == want.variant
+        )
+
+
+def parse_platform(text: str) -> Platform:
+    """`linux/amd64` or `linux/arm64/v8` → Platform; anything else is a RegistryError saying the format."""
+    parts = text.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
+        raise RegistryError(
+            f"platform {text!r} is not os/arch[/variant]",
+            hint="write it like linux/amd64 or linux/arm64/v8 (require_platform in the service's configuration)",
+        )
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+
+def index_platforms(body: bytes) -> list[Platform] | None:
+    """The platforms an OCI index / Docker manifest list names, or None when `body` is not an index.
+
+    Entries without a platform and buildx's attestation entries (`unknown/unknown`) are left out.
+    """
+    try:
+        data: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    manifests = data.get("manifests") if isinstance(data, dict) else None
+    if not isinstance(manifests, list):
+        return None
+    found: list[Platform] = []
+    for entry in manifests:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if not isinstance(platform, dict):
+            continue
+        os_name, arch = platform.get("os"), platform.get("architecture")
+        variant = platform.get("variant") or ""
+        if not isinstance(os_name, str) or not isinstance(arch, str) or not isinstance(variant, str):
+            continue
+        if (os_name, arch) == ("unknown", "unknown"):
+            continue
+        found.append(Platform(os_name, arch, variant))
+    return found
 
 
 @dataclass(frozen=True)
@@ -239,10 +316,14 @@ class RegistryClient:
         timeout: float = 10.0,
         max_attempts: int = 3,
         transport: httpx.BaseTransport | None = None,
+        secret_hint: Mapping[str, str] | None = None,
     ) -> None:
+        """`secret_hint` maps a registry host (as configured) to where its password is configured, e.g.
+        `{"ghcr.io": "environment variable GHCR_TOKEN"}`, so a refusal says which secret to check."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._credentials = dict(credentials or {})
+        self._secret_hints = dict(secret_hint or {})
         self._insecure = frozenset(insecure_registries)
         self.max_attempts = max_attempts
         self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
@@ -276,22 +357,29 @@ class RegistryClient:
         return f"{scheme}://{ref.registry}"
 
     def _credentials_for(self, registry: str) -> RegistryCredentials | None:
-        if registry in self._credentials:
-            return self._credentials[registry]
-        if registry == DOCKER_HUB:
-            for alias in _HUB_ALIASES:
-                if alias in self._credentials:
-                    return self._credentials[alias]
-        return None
+        key = _configured_key(registry, self._credentials)
+        return self._credentials[key] if key is not None else None
+
+    def _check_credentials(self, registry: str) -> str:
+        """`check the credentials in <where> (registries[<host>].password)`, or a generic line without a hint."""
+        key = _configured_key(registry, self._secret_hints)
+        if key is None:
+            return f"check the username and password/token configured for {registry}"
+        return f"check the credentials in {self._secret_hints[key]} (registries[{key}].password)"
 
     # --- the check --------------------------------------------------------------------------------
 
-    def head_manifest(self, ref: ImageRef) -> ManifestInfo:
+    def head_manifest(self, ref: ImageRef, *, require_platform: str | None = None) -> ManifestInfo:
         """Ask the registry for `ref`'s manifest (HEAD) and return its digest, media type and size.
 
+        With `require_platform` (`linux/amd64`, `linux/arm64/v8`) and a multi-platform image, also GET the
+        index by digest and check it has a manifest for that platform; a single-platform manifest is not
+        checked (its platform sits in the config blob; `platforms` stays empty).
+
         Raises ImageNotFoundError when the registry has no such tag, RegistryError when it refuses the
-        credentials or cannot be reached.
+        credentials, cannot be reached, or the image lacks the required platform.
         """
+        wanted = parse_platform(require_platform) if require_platform is not None else None
         path = f"/v2/{ref.repository}/manifests/{ref.tag}"
         response = self._send_authorized("HEAD", ref, path)
         if response.status_code == 404:
@@ -306,15 +394,40 @@ class RegistryClient:
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         size = _content_length(response)
         digest = response.headers.get("Docker-Content-Digest", "").strip()
+        body: bytes | None = None
         if not _DIGEST_RE.fullmatch(digest):
-            digest, media_type, size = self._digest_by_get(ref, path, media_type, size)
+            digest, media_type, size, body = self._digest_by_get(ref, path, media_type, size)
+        platforms: list[Platform] | None = None
+        if media_type in INDEX_MEDIA_TYPES and (wanted is not None or body is not None):
+            if body is None:
+                body = self._get_manifest(ref, digest)  # by digest: exactly the index HEAD described
+            platforms = index_platforms(body)
+            if platforms is None and wanted is not None:
+                raise RegistryError(
+                    f"registry {ref.registry} sent a {media_type} for {ref} that is not a valid index",
+                    hint="the image was pushed broken or a proxy altered it; rebuild and push it again",
+                )
+        elif wanted is not None:
+            log.info("%s is a single-platform manifest (%s): platform %s not checked", ref, media_type, wanted)
+        if wanted is not None and platforms is not None and not any(p.satisfies(wanted) for p in platforms):
+            present = ", ".join(str(p) for p in platforms) or "none"
+            # Not found for the platform that runs it: the last-known-good search skips such a commit.
+            raise ImageNotFoundError(
+                f"image {ref} ({digest}) has no manifest for platform {wanted}; it has: {present}",
+                hint=f"build and push {ref.tag} for {wanted} as well (add it to docker buildx build --platform), "
+                "or correct require_platform in the service's configuration",
+            )
         log.debug("%s: digest %s, %s, %s bytes", ref, digest, media_type, size)
-        return ManifestInfo(image=str(ref), digest=digest, media_type=media_type, size=size)
+        return ManifestInfo(
+            image=str(ref),
+            digest=digest,
+            media_type=media_type,
+            size=size,
+            platforms=tuple(str(p) for p in platforms or ()),
+        )
 
-    def _digest_by_get(
-        self, ref: ImageRef, path: str, media_type: str, size: int | None
-    ) -> tuple[str, str, int | None]:
-        """HEAD gave no usable Docker-Content-Digest: GET the manifest and hash its exact bytes."""
+    def _manifest_get(self, ref: ImageRef, path: str) -> httpx.Response:
+        """GET a manifest; 404, 401/403 and other non-200 answers become the matching errors."""
         response = self._send_authorized("GET", ref, path)
         if response.status_code == 404:
             raise self._not_found(ref)
@@ -325,6 +438,24 @@ class RegistryClient:
                 f"registry {ref.registry} answered HTTP {response.status_code} to the manifest GET of {ref}",
                 hint="check the registry's status, then retry",
             )
+        return response
+
+    def _get_manifest(self, ref: ImageRef, digest: str) -> bytes:
+        """The exact bytes of manifest `digest` in `ref`'s repository, checked against that digest."""
+        response = self._manifest_get(ref, f"/v2/{ref.repository}/manifests/{digest}")
+        body = response.content
+        if digest.startswith("sha256:") and "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryError(
+                f"registry {ref.registry} sent a manifest for {ref} that does not hash to its digest {digest}",
+                hint="the registry or a proxy in between altered the manifest; do not deploy it, investigate",
+            )
+        return body
+
+    def _digest_by_get(
+        self, ref: ImageRef, path: str, media_type: str, size: int | None
+    ) -> tuple[str, str, int | None, bytes]:
+        """HEAD gave no usable Docker-Content-Digest: GET the manifest and hash its exact bytes."""
+        response = self._manifest_get(ref, path)
         body = response.content
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         sent = response.headers.get("Docker-Content-Digest", "").strip()
@@ -335,7 +466,7 @@ class RegistryClient:
                 hint="the registry or a proxy in between altered the manifest; do not deploy it, investigate",
             )
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip() or media_type
-        return digest, media_type, len(body) if body else size
+        return digest, media_type, len(body) if body else size, body
 
     def _not_found(self, ref: ImageRef) -> ImageNotFoundError:
         """Say whether the tag or the whole repository is missing (a HEAD 404 carries no body).
@@ -372,16 +503,20 @@ class RegistryClient:
         host = ref.registry
         has_credentials = self._credentials_for(host) is not None
         if status == 403:
-            who = f"the account configured for {host}" if has_credentials else "anonymous access"
-            return RegistryError(
-                f"registry {host} denied pull access to {ref.repository} (HTTP 403)",
-                hint=f"check the permissions of {who} on {ref.repository}, or configure credentials that may pull it",
-            )
+            if has_credentials:
+                hint = (
+                    f"check the permissions of the account configured for {host} on {ref.repository} "
+                    f"({self._check_credentials(host)})"
+                )
+            else:
+                hint = f"check the permissions of anonymous access on {ref.repository}, or configure credentials "
+                hint += "that may pull it"
+            return RegistryError(f"registry {host} denied pull access to {ref.repository} (HTTP 403)", hint=hint)
         if has_credentials:
             return RegistryError(
                 f"registry {host} refused the credentials configured for {host} when reading "
                 f"{ref.repository} (HTTP 401)",
-                hint=f"check the username and password/token for {host} and that the account may pull {ref.repository}",
+                hint=f"{self._check_credentials(host)} and that the account may pull {ref.repository}",
             )
         return RegistryError(
             f"registry {host} refused anonymous access to {ref.repository} (HTTP 401)",
@@ -403,6 +538,14 @@ class RegistryClient:
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:
             return response
+        if authorization:
+            # A cached token refused (error="invalid_token": revoked, or expired before its expires_in):
+            # fetch one new token and try once more; a fresh token refused is final.
+            log.debug(
+                "registry %s refused the cached authorization (%s); answering the challenge again",
+                ref.registry,
+                challenge.params.get("error", "no error given"),
+            )
         self._challenges[ref.registry] = challenge
         answer = self._answer(ref, scope, challenge)
         if answer is None:
@@ -463,8 +606,7 @@ class RegistryClient:
             if credentials is not None:
                 raise RegistryError(
                     f"{what} refused the credentials configured for {ref.registry} (HTTP {response.status_code})",
-                    hint=f"check the username and password/token for {ref.registry} and that the account may "
-                    f"pull {ref.repository}",
+                    hint=f"{self._check_credentials(ref.registry)} and that the account may pull {ref.repository}",
                 )
             raise RegistryError(
                 f"{what} refused an anonymous token for {ref.repository} (HTTP {response.status_code})",
@@ -551,6 +693,15 @@ class RegistryClient:
             f"registry redirected more than {_MAX_REDIRECTS} times starting from {url}",
             hint="check the registry URL; the registry or a proxy is redirecting in a loop",
         )
+
+
+def _configured_key(registry: str, configured: Mapping[str, object]) -> str | None:
+    """The key under which `registry` is configured (Docker Hub may be configured as docker.io)."""
+    if registry in configured:
+        return registry
+    if registry == DOCKER_HUB:
+        return next((alias for alias in _HUB_ALIASES if alias in configured), None)
+    return None
 
 
 def _basic_header(credentials: RegistryCredentials) -> str:

@@ -13,6 +13,7 @@ from runbook import repository as repo_api
 from runbook.config import HealthSettings, Probe, RunbookConfig
 from runbook.errors import HealthCheckError, RunbookError
 from runbook.health import ProbeResult, Verdict, judge
+from runbook.verification import run_metric_check, run_smoke_checks
 from tasks._policy import NO_CACHE
 
 
@@ -109,3 +110,29 @@ def record_healthy_rollout(
         return None
     logger.info("recorded GitHub deployment %s: %s healthy in %s", deployment_id, sha[:7], environment)
     return deployment_id
+
+
+@task(name="metric-check", cache_policy=NO_CACHE, timeout_seconds=3600)
+def check_metric(config: RunbookConfig, service_name: str, environment: str) -> list[str]:
+    """The error rate (a Prometheus query) stays under its threshold for the hold time; each sample is logged."""
+    check = config.environment(service_name, environment).metric
+    if check is None:
+        return []
+    logger = get_run_logger()
+    logger.info("metric check: %s < %s for %.0f s", check.promql, check.threshold, check.hold_seconds)
+    report = run_metric_check(check)
+    for line in report.summary():
+        logger.info("metric: %s", line)
+    return report.summary()
+
+
+@task(name="smoke-checks", cache_policy=NO_CACHE, timeout_seconds=600)
+def check_smoke(config: RunbookConfig, service_name: str, environment: str) -> list[str]:
+    """Key features answer as expected (the seed's manual validation, automated); all run, failures listed."""
+    checks = config.environment(service_name, environment).smoke
+    if not checks:
+        return []
+    report = run_smoke_checks(checks)
+    for line in report.summary():
+        get_run_logger().info("smoke: %s", line)
+    return report.summary()

@@ -98,3 +98,24 @@ def notify_rollback_started(config: RunbookConfig, ctx: IncidentContext, thread:
 def notify_outcome(config: RunbookConfig, ctx: IncidentContext, thread: Posted, text: str) -> Posted:
     """Seed message 3 (or the escalation), in the thread and broadcast to the channel."""
     return _posted(post(config, _channel(config, ctx), text, thread, broadcast=True), text)
+
+
+@task(name="check-slack", cache_policy=NO_CACHE, timeout_seconds=60)
+def check_slack(config: RunbookConfig) -> str | None:
+    """Check, without posting, that the Slack token works (auth.test); the problem, or None."""
+    try:
+        slack_client(config).auth_test()
+    except SlackApiError as exc:
+        status = exc.response.status_code
+        return f"Slack refused the token: {exc.response.get('error') if status == 200 else f'HTTP {status}'}"
+    except (SlackClientError, OSError) as exc:
+        return f"Slack unreachable: {type(exc).__name__}"
+    except RunbookError as exc:
+        return str(exc)
+    return None
+
+
+@task(name="notify-channel", cache_policy=NO_CACHE, timeout_seconds=60)
+def notify_channel(config: RunbookConfig, service_name: str, text: str) -> Posted:
+    """One message in the service's channel, outside any incident thread (rehearsal reports)."""
+    return _posted(post(config, config.service(service_name).slack.channel, text), text)

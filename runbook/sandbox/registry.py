@@ -2,8 +2,9 @@
 
 `RegistryServer` runs `/usr/bin/docker-registry serve config.yml` on a free 127.0.0.1 port with filesystem
 storage in a temporary directory, in one of three auth modes: "open", "htpasswd" or "token".
-`push_image` uploads a tiny but valid image (config blob, one layer, manifest or index) through the
-registry API and returns the manifest digest; `delete_tag` deletes the manifest a tag points to.
+`push_image` uploads a tiny but valid image (config blob, one layer, manifest, or an OCI index / Docker
+manifest list over one manifest per platform) through the registry API and returns the manifest digest;
+`delete_tag` deletes the manifest a tag points to.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -37,7 +38,8 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 _ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 
 Mode = Literal["open", "htpasswd", "token"]
-ImageKind = Literal["oci-manifest", "docker-v2", "oci-index"]
+ImageKind = Literal["oci-manifest", "docker-v2", "oci-index", "docker-list"]
+_KINDS = ("oci-manifest", "docker-v2", "oci-index", "docker-list")
 
 
 class SandboxRegistryError(RuntimeError):
@@ -291,12 +293,30 @@ def _put_manifest(client: httpx.Client, repository: str, reference: str, body: b
     return digest
 
 
-def _image_manifest(client: httpx.Client, repository: str, tag: str, payload: bytes, docker: bool) -> tuple[bytes, str]:
+def _platform(text: str) -> dict[str, str]:
+    """`linux/arm64/v8` → {"os": "linux", "architecture": "arm64", "variant": "v8"} (as in an index entry)."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"platform {text!r} is not os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8")
+    platform = {"architecture": parts[1], "os": parts[0]}
+    if len(parts) == 3:
+        platform["variant"] = parts[2]
+    return platform
+
+
+def _image_manifest(
+    client: httpx.Client,
+    repository: str,
+    tag: str,
+    payload: bytes,
+    docker: bool,
+    platform: Mapping[str, str] | None = None,
+) -> tuple[bytes, str]:
     """Upload config and layer blobs; return the manifest bytes and its media type."""
     layer_digest = _upload_blob(client, repository, payload)
+    platform = platform or {"architecture": "amd64", "os": "linux"}
     config = {
-        "architecture": "amd64",
-        "os": "linux",
+        **platform,
         "created": "2024-01-01T00:00:00Z",
         # The labels make each pushed tag a distinct image with a distinct digest.
         "config": {"Labels": {"org.opencontainers.image.ref.name": f"{repository}:{tag}"}},
@@ -327,32 +347,36 @@ def push_image(
     auth: httpx.Auth | None = None,
     kind: ImageKind = "oci-manifest",
     payload: bytes = b"runbook sandbox layer\n",
+    platforms: Sequence[str] = ("linux/amd64",),
 ) -> str:
     """Push a minimal image as `repository:tag` and return its manifest (or index) digest.
 
-    kind: "oci-manifest", "docker-v2" (Docker image manifest v2 schema 2) or "oci-index" (an OCI index
-    pointing at one linux/amd64 OCI manifest, which is pushed first by digest).
+    kind: "oci-manifest", "docker-v2" (Docker image manifest v2 schema 2), "oci-index" (an OCI index) or
+    "docker-list" (a Docker manifest list). An index or list points at one image manifest (OCI or Docker
+    v2) per entry of `platforms` (`os/arch[/variant]`), each pushed first by digest; `unknown/unknown`
+    makes an entry like buildx's attestation manifests.
     """
-    if kind not in ("oci-manifest", "docker-v2", "oci-index"):
-        raise ValueError(f"unknown image kind {kind!r}: use 'oci-manifest', 'docker-v2' or 'oci-index'")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown image kind {kind!r}: use one of {', '.join(_KINDS)}")
+    docker = kind in ("docker-v2", "docker-list")
     with httpx.Client(base_url=base_url, auth=auth, timeout=10.0) as client:
-        body, media_type = _image_manifest(client, repository, tag, payload, docker=kind == "docker-v2")
-        if kind != "oci-index":
+        if kind in ("oci-manifest", "docker-v2"):
+            body, media_type = _image_manifest(client, repository, tag, payload, docker=docker)
             return _put_manifest(client, repository, tag, body, media_type)
-        child = _put_manifest(client, repository, _digest(body), body, media_type)
-        index = {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [
-                {
-                    "mediaType": media_type,
-                    "digest": child,
-                    "size": len(body),
-                    "platform": {"architecture": "amd64", "os": "linux"},
-                }
-            ],
-        }
-        return _put_manifest(client, repository, tag, json.dumps(index, indent=2).encode(), OCI_INDEX)
+        if not platforms:
+            raise ValueError("an index needs at least one platform")
+        entries = []
+        for text in platforms:
+            platform = _platform(text)
+            body, media_type = _image_manifest(client, repository, tag, payload, docker, platform)
+            child = _put_manifest(client, repository, _digest(body), body, media_type)
+            entry: dict[str, Any] = {"mediaType": media_type, "digest": child, "size": len(body), "platform": platform}
+            if platform["os"] == "unknown":
+                entry["annotations"] = {"vnd.docker.reference.type": "attestation-manifest"}
+            entries.append(entry)
+        index_type = DOCKER_LIST if docker else OCI_INDEX
+        index = {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
+        return _put_manifest(client, repository, tag, json.dumps(index, indent=2).encode(), index_type)
 
 
 def delete_tag(base_url: str, repository: str, tag: str, *, auth: httpx.Auth | None = None) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from runbook import repository as repo_api
-from runbook.config import GitHubActionsTarget, RunbookConfig
+from runbook.config import GitHubActionsTarget, RunbookConfig, WebhookTarget
+from runbook.images import insecure_registries, registry_credentials
 from runbook.targets.base import DeployRequest, DeployResult, DeployTarget
+from runbook.targets.docker import DockerDeployTarget
 from runbook.targets.github_actions import GitHubActionsDeployTarget
+from runbook.targets.webhook import WebhookDeployTarget
 
 __all__ = ["DeployRequest", "DeployResult", "DeployTarget", "build_target"]
 
@@ -17,4 +20,8 @@ def build_target(config: RunbookConfig, service_name: str, environment: str) -> 
     if isinstance(settings, GitHubActionsTarget):
         repo = repo_api.connect(config.github, service.repository)
         return GitHubActionsDeployTarget(repo, settings, service.branch, environment)
-    raise NotImplementedError(f"deploy target {settings.type!r} is not available yet")
+    if isinstance(settings, WebhookTarget):
+        return WebhookDeployTarget(settings)
+    return DockerDeployTarget(
+        settings, registry_credentials=registry_credentials(config), insecure_registries=insecure_registries(config)
+    )

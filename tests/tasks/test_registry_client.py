@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from runbook import registry as registry_module
 from runbook.errors import ImageNotFoundError, RegistryError
 from runbook.registry import (
     ACCEPT,
@@ -26,7 +29,9 @@ from runbook.registry import (
     parse_challenge,
     parse_challenges,
     parse_image_ref,
+    parse_platform,
 )
+from runbook.sandbox.fixtures import load_fixture
 from runbook.sandbox.registry import RegistryServer, SandboxRegistryError, delete_tag, push_image
 from tests.support.token_server import ChallengeAuth, TokenServer
 
@@ -38,6 +43,7 @@ MEDIA = {
     "oci-manifest": "application/vnd.oci.image.manifest.v1+json",
     "docker-v2": "application/vnd.docker.distribution.manifest.v2+json",
     "oci-index": "application/vnd.oci.image.index.v1+json",
+    "docker-list": "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 
 
@@ -280,7 +286,7 @@ def test_unreachable_registry_is_a_clear_registry_error() -> None:
 # --- open registry ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["oci-manifest", "docker-v2", "oci-index"])
+@pytest.mark.parametrize("kind", ["oci-manifest", "docker-v2", "oci-index", "docker-list"])
 def test_open_found_with_pushed_digest_and_media_type(
     open_registry: RegistryServer, client: RegistryClient, kind: str
 ) -> None:
@@ -436,15 +442,19 @@ def test_token_missing_tag_is_not_found(token_registry: RegistryServer, token_im
 
 
 class FlakyProxy:
-    """Answers the first requests with canned failures, then forwards to the real registry."""
+    """Answers the first requests with canned failures, then forwards to the real registry.
+
+    `seen` holds the status of every answer, `requests` the (method, path, Authorization) of every request.
+    """
 
     def __init__(self, upstream: RegistryServer, failures: list[tuple[int, dict[str, str]]]) -> None:
         self.failures = list(failures)
         self.seen: list[int] = []
+        self.requests: list[tuple[str, str, str | None]] = []
         self.upstream_port = upstream.port
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def host(self) -> str:
@@ -467,6 +477,7 @@ class FlakyProxy:
                 pass
 
             def _handle(self) -> None:
+                proxy.requests.append((self.command, self.path, self.headers.get("Authorization")))
                 if proxy.failures:
                     status, headers = proxy.failures.pop(0)
                     proxy.seen.append(status)
@@ -534,6 +545,442 @@ def test_429_until_attempts_run_out(open_registry: RegistryServer) -> None:
             c.head_manifest(parse_image_ref(f"{proxy.host}/shop", "flaky"))
         assert proxy.seen == [429, 429, 429]
     assert "rate limit" in str(info.value)
+
+
+# --- invalid_token: a cached token the registry stops accepting ------------------------------------
+
+
+def _invalid_token(token_server: TokenServer, repository: str) -> tuple[int, dict[str, str]]:
+    """The answer Distribution gives to a revoked or expired Bearer token."""
+    challenge = (
+        f'Bearer realm="{token_server.realm}",service="{token_server.service}",'
+        f'scope="repository:{repository}:pull",error="invalid_token"'
+    )
+    return 401, {"WWW-Authenticate": challenge}
+
+
+@pytest.mark.parametrize("repository", ["private/shop", "public/shop"])
+def test_token_invalid_token_gets_one_new_token(
+    token_server: TokenServer, token_registry: RegistryServer, token_images: dict[str, str], repository: str
+) -> None:
+    pushed = token_images[repository.split("/")[0]]
+    with FlakyProxy(token_registry, []) as proxy:
+        # Credentials for the private image; the public one is read anonymously.
+        creds = {proxy.host: RegistryCredentials(USER, PASSWORD)} if repository.startswith("private") else {}
+        ref = parse_image_ref(f"{proxy.host}/{repository}", "3f2a1bc")
+        with RegistryClient(credentials=creds) as c:
+            assert c.head_manifest(ref).digest == pushed
+            assert proxy.seen == [401, 200]  # the registry's own challenge, then the token accepted
+            first_token = proxy.requests[-1][2]
+            before = token_server.requests
+            proxy.failures.append(_invalid_token(token_server, repository))
+            del proxy.seen[:], proxy.requests[:]
+            assert c.head_manifest(ref).digest == pushed
+    assert proxy.seen == [401, 200]
+    assert token_server.requests - before == 1  # exactly one new token
+    assert proxy.requests[0][2] == first_token  # the cached token was tried first...
+    assert proxy.requests[1][2] not in (None, first_token)  # ...then a new one
+
+
+def test_token_invalid_token_twice_is_final_and_names_the_secret(
+    token_server: TokenServer, token_registry: RegistryServer, token_images: dict[str, str]
+) -> None:
+    with FlakyProxy(token_registry, []) as proxy:
+        creds = {proxy.host: RegistryCredentials(USER, PASSWORD)}
+        hint = {proxy.host: "environment variable REGISTRY_PASSWORD"}
+        ref = parse_image_ref(f"{proxy.host}/private/shop", "3f2a1bc")
+        with RegistryClient(credentials=creds, secret_hint=hint) as c:
+            c.head_manifest(ref)
+            before = token_server.requests
+            proxy.failures += [_invalid_token(token_server, "private/shop")] * 3
+            del proxy.seen[:]
+            with pytest.raises(RegistryError) as info:
+                c.head_manifest(ref)
+    assert proxy.seen == [401, 401]  # cached token refused, new token refused: no loop
+    assert token_server.requests - before == 1
+    message = str(info.value)
+    assert "refused the credentials" in message
+    assert f"check the credentials in environment variable REGISTRY_PASSWORD (registries[{proxy.host}].password)" in (
+        message
+    )
+    assert PASSWORD not in message and PASSWORD not in repr(info.value)
+
+
+# --- secret_hint: a refusal says which secret to check -----------------------------------------------
+
+
+def test_secret_hint_htpasswd_wrong_password(htpasswd_registry: RegistryServer) -> None:
+    host = htpasswd_registry.host
+    with RegistryClient(
+        credentials={host: RegistryCredentials(USER, WRONG_PASSWORD)},
+        secret_hint={host: "environment variable SANDBOX_REGISTRY_PASSWORD"},
+    ) as c:
+        with pytest.raises(RegistryError) as info:
+            c.head_manifest(_ref(htpasswd_registry, "team/shop", "v1"))
+        texts = [str(info.value), repr(info.value), repr(c)]
+    assert (
+        f"check the credentials in environment variable SANDBOX_REGISTRY_PASSWORD (registries[{host}].password)"
+        in info.value.hint
+    )
+    assert all(WRONG_PASSWORD not in t and PASSWORD not in t for t in texts)
+
+
+def test_secret_hint_token_service_refuses(
+    token_server: TokenServer, token_registry: RegistryServer, token_images: dict[str, str]
+) -> None:
+    host = token_registry.host
+    with (
+        RegistryClient(
+            credentials={host: RegistryCredentials(USER, WRONG_PASSWORD)},
+            secret_hint={host: "Prefect Secret block 'registry-password'"},
+        ) as c,
+        pytest.raises(RegistryError) as info,
+    ):
+        c.head_manifest(_ref(token_registry, "private/shop", "3f2a1bc"))
+    assert "token service" in info.value.message
+    assert f"check the credentials in Prefect Secret block 'registry-password' (registries[{host}].password)" in (
+        info.value.hint
+    )
+    assert WRONG_PASSWORD not in str(info.value)
+
+
+# --- multi-platform images -------------------------------------------------------------------------
+
+PLATFORMS = ["linux/amd64", "linux/arm64/v8", "linux/arm/v7", "unknown/unknown"]
+
+
+@pytest.mark.parametrize("kind", ["oci-index", "docker-list"])
+def test_platform_present_in_index(open_registry: RegistryServer, kind: str) -> None:
+    tag = f"multi-{kind}"
+    pushed = push_image(open_registry.base_url, "multi", tag, kind=kind, platforms=PLATFORMS)  # type: ignore[arg-type]
+    with FlakyProxy(open_registry, []) as proxy, RegistryClient() as c:
+        ref = parse_image_ref(f"{proxy.host}/multi", tag)
+        info = c.head_manifest(ref)
+        assert [r[0] for r in proxy.requests] == ["HEAD"]  # no platform asked: no GET (a pull on Docker Hub)
+        assert (info.digest, info.media_type, info.platforms) == (pushed, MEDIA[kind], ())
+        for wanted in ("linux/amd64", "linux/arm64", "linux/arm64/v8", "linux/aarch64", "linux/arm", "Linux/ARM/v7"):
+            del proxy.requests[:]
+            info = c.head_manifest(ref, require_platform=wanted)
+            assert info.digest == pushed and info.media_type == MEDIA[kind]
+            assert info.platforms == ("linux/amd64", "linux/arm64/v8", "linux/arm/v7")  # attestation left out
+            assert [(m, p) for m, p, _ in proxy.requests] == [
+                ("HEAD", f"/v2/multi/manifests/{tag}"),
+                ("GET", f"/v2/multi/manifests/{pushed}"),  # by digest: the very index HEAD described
+            ]
+
+
+@pytest.mark.parametrize("kind", ["oci-index", "docker-list"])
+def test_platform_missing_lists_the_platforms_present(
+    open_registry: RegistryServer, client: RegistryClient, kind: str
+) -> None:
+    tag = f"two-{kind}"
+    platforms = ["linux/amd64", "linux/arm/v7"]
+    pushed = push_image(open_registry.base_url, "multi", tag, kind=kind, platforms=platforms)  # type: ignore[arg-type]
+    ref = _ref(open_registry, "multi", tag)
+    for wanted in ("linux/arm64", "linux/arm/v6", "windows/amd64", "linux/amd64/v3"):
+        # Not found for the platform that runs it: the last-known-good search skips such a commit.
+        with pytest.raises(ImageNotFoundError) as info:
+            client.head_manifest(ref, require_platform=wanted)
+        message = str(info.value)
+        assert f"no manifest for platform {wanted}" in message and "it has: linux/amd64, linux/arm/v7" in message
+        assert pushed in message and str(ref) in message
+        assert info.value.step == "verify-image"
+
+
+def test_platform_default_oci_index_is_linux_amd64_only(open_registry: RegistryServer, client: RegistryClient) -> None:
+    push_image(open_registry.base_url, "multi", "amd64-only", kind="oci-index")
+    ref = _ref(open_registry, "multi", "amd64-only")
+    assert client.head_manifest(ref, require_platform="linux/amd64").platforms == ("linux/amd64",)
+    with pytest.raises(RegistryError, match="it has: linux/amd64: build"):
+        client.head_manifest(ref, require_platform="linux/arm64")
+
+
+@pytest.mark.parametrize("kind", ["oci-manifest", "docker-v2"])
+def test_platform_single_manifest_is_not_fetched(
+    open_registry: RegistryServer, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="runbook.registry")
+    pushed = push_image(open_registry.base_url, "multi", f"single-{kind}", kind=kind)  # type: ignore[arg-type]
+    with FlakyProxy(open_registry, []) as proxy, RegistryClient() as c:
+        info = c.head_manifest(parse_image_ref(f"{proxy.host}/multi", f"single-{kind}"), require_platform="linux/arm64")
+    assert (info.digest, info.platforms) == (pushed, ())
+    assert [r[0] for r in proxy.requests] == ["HEAD"]
+    assert "not checked" in caplog.text
+
+
+def test_platform_check_through_token_auth(
+    token_server: TokenServer, token_registry: RegistryServer, token_images: dict[str, str]
+) -> None:
+    auth = ChallengeAuth(USER, PASSWORD)
+    pushed = push_image(
+        token_registry.base_url, "private/multi", "v1", auth=auth, kind="docker-list", platforms=PLATFORMS
+    )
+    before = token_server.requests
+    with RegistryClient(credentials={token_registry.host: RegistryCredentials(USER, PASSWORD)}) as c:
+        info = c.head_manifest(_ref(token_registry, "private/multi", "v1"), require_platform="linux/arm64")
+    assert info.digest == pushed and "linux/arm64/v8" in info.platforms
+    assert token_server.requests - before == 1  # the GET reused the HEAD's token
+
+
+@pytest.mark.parametrize("platform", ["amd64", "linux", "linux/amd64/v3/extra", "linux//v8", "linux/amd 64", ""])
+def test_bad_platform_is_refused_before_any_request(platform: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request expected, got {request.method} {request.url}")
+
+    with RegistryClient(transport=httpx.MockTransport(handler)) as c, pytest.raises(RegistryError) as info:
+        c.head_manifest(parse_image_ref("127.0.0.1:5000/shop", "v1"), require_platform=platform)
+    assert "os/arch[/variant]" in str(info.value) and "linux/amd64" in str(info.value)
+
+
+def _index(*platforms: dict[str, str]) -> bytes:
+    manifests = [
+        {"mediaType": MEDIA["oci-manifest"], "digest": "sha256:" + f"{i}" * 64, "size": 100, "platform": p}
+        for i, p in enumerate(platforms)
+    ]
+    return json.dumps({"schemaVersion": 2, "mediaType": MEDIA["oci-index"], "manifests": manifests}).encode()
+
+
+def test_platform_from_the_digest_fallback_get_needs_no_second_get() -> None:
+    body = _index({"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "s390x"})
+    methods: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        methods.append(request.method)
+        headers = {"Content-Type": MEDIA["oci-index"]}  # no Docker-Content-Digest: an old registry
+        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+
+    with RegistryClient(transport=httpx.MockTransport(handler)) as c:
+        ref = parse_image_ref("127.0.0.1:5000/shop", "v1")
+        assert c.head_manifest(ref).platforms == ("linux/amd64", "linux/s390x")  # read anyway: known
+        del methods[:]
+        info = c.head_manifest(ref, require_platform="linux/s390x")
+    assert methods == ["HEAD", "GET"]
+    assert info.digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_platform_index_altered_in_transit_is_refused() -> None:
+    body = _index({"os": "linux", "architecture": "amd64"})
+    announced = "sha256:" + hashlib.sha256(b"another index").hexdigest()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Type": MEDIA["oci-index"], "Docker-Content-Digest": announced}
+        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+
+    with RegistryClient(transport=httpx.MockTransport(handler)) as c, pytest.raises(RegistryError) as info:
+        c.head_manifest(parse_image_ref("127.0.0.1:5000/shop", "v1"), require_platform="linux/amd64")
+    assert "does not hash to its digest" in str(info.value) and "do not deploy" in str(info.value)
+
+
+def test_platform_index_that_is_not_an_index() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = b"<html>proxy error</html>"
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = {"Content-Type": MEDIA["docker-list"], "Docker-Content-Digest": digest}
+        return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+
+    with RegistryClient(transport=httpx.MockTransport(handler)) as c, pytest.raises(RegistryError, match="not a valid"):
+        c.head_manifest(parse_image_ref("127.0.0.1:5000/shop", "v1"), require_platform="linux/amd64")
+
+
+def test_platform_matching_rules() -> None:
+    def ok(have: str, want: str) -> bool:
+        return parse_platform(have).satisfies(parse_platform(want))
+
+    assert ok("linux/arm64", "linux/arm64/v8") and ok("linux/arm64/v8", "linux/arm64")
+    assert ok("linux/x86_64", "linux/amd64") and ok("linux/amd64/v3", "linux/amd64")
+    assert not ok("linux/amd64", "linux/amd64/v3")
+    assert not ok("linux/arm/v6", "linux/arm/v7") and ok("linux/arm/v6", "linux/arm")
+    assert not ok("windows/amd64", "linux/amd64")
+    assert str(parse_platform(" Linux/ARM64/V8 ")) == "linux/arm64/v8"
+
+
+# --- Docker Hub and GHCR: hosts that cannot exist offline, so a mock transport -----------------------
+
+HUB_TOKEN_BODY = load_fixture("oci", "token-response-dockerhub.example.json")
+GHCR_TOKEN_BODY = load_fixture("oci", "token-response-ghcr-anonymous.example.json")
+DIGEST = "sha256:" + "5b" * 32
+
+
+class HostedRegistry:
+    """A mock Docker Hub or GHCR: registry host, token host, the challenge it sends, what it grants."""
+
+    def __init__(
+        self,
+        *,
+        registry: str,
+        realm: str,
+        service: str,
+        challenge_scope: str | None,
+        token_body: dict[str, Any],
+        token_status: int = 200,
+        manifest_status: int = 200,
+    ) -> None:
+        self.registry, self.realm, self.service = registry, realm, service
+        self.challenge_scope = challenge_scope
+        self.token_body, self.token_status, self.manifest_status = token_body, token_status, manifest_status
+        self.token_requests: list[tuple[dict[str, str], str | None]] = []
+        self.registry_requests: list[tuple[str, str, str | None]] = []
+
+    @property
+    def token(self) -> str:
+        return str(self.token_body.get("token") or self.token_body.get("access_token"))
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        auth = request.headers.get("Authorization")
+        assert url.scheme == "https", f"plain http to {url}"
+        if str(url.copy_with(query=None)) == self.realm:
+            self.token_requests.append((dict(url.params), auth))
+            if self.token_status != 200:
+                return httpx.Response(self.token_status, json=load_fixture("oci", "error-unauthorized-ghcr"))
+            return httpx.Response(200, json=self.token_body)
+        assert url.host == self.registry, f"unexpected host {url.host}"
+        self.registry_requests.append((request.method, url.path, auth))
+        if auth != f"Bearer {self.token}":
+            challenge = f'Bearer realm="{self.realm}",service="{self.service}"'
+            if self.challenge_scope:
+                challenge += f',scope="{self.challenge_scope}"'
+            return httpx.Response(
+                401, headers={"WWW-Authenticate": challenge}, json=load_fixture("oci", "error-unauthorized")
+            )
+        if self.manifest_status != 200:
+            return httpx.Response(self.manifest_status, json=load_fixture("oci", "error-denied"))
+        headers = {"Docker-Content-Digest": DIGEST, "Content-Type": MEDIA["oci-index"], "Content-Length": "1234"}
+        return httpx.Response(200, headers={**headers, "ratelimit-remaining": "76;w=21600"})
+
+    def client(self, **kwargs: Any) -> RegistryClient:
+        return RegistryClient(transport=httpx.MockTransport(self.handler), **kwargs)
+
+
+def docker_hub(**kwargs: Any) -> HostedRegistry:
+    values: dict[str, Any] = {
+        "registry": DOCKER_HUB,
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "challenge_scope": "repository:library/nginx:pull",
+        "token_body": HUB_TOKEN_BODY,
+    }
+    return HostedRegistry(**{**values, **kwargs})
+
+
+def ghcr(**kwargs: Any) -> HostedRegistry:
+    values: dict[str, Any] = {
+        "registry": "ghcr.io",
+        "realm": "https://ghcr.io/token",
+        "service": "ghcr.io",
+        "challenge_scope": "repository:user/image:pull",  # ghcr.io's placeholder
+        "token_body": GHCR_TOKEN_BODY,
+    }
+    return HostedRegistry(**{**values, **kwargs})
+
+
+def test_docker_hub_library_image_anonymous_head_only() -> None:
+    hub = docker_hub()
+    with hub.client() as c:
+        ref = parse_image_ref("nginx", "1.27")
+        assert c.head_manifest(ref).digest == DIGEST
+        assert c.head_manifest(ref).digest == DIGEST
+    assert hub.token_requests == [({"scope": "repository:library/nginx:pull", "service": "registry.docker.io"}, None)]
+    assert [(m, p) for m, p, _ in hub.registry_requests] == [("HEAD", "/v2/library/nginx/manifests/1.27")] * 3
+    assert [a for _, _, a in hub.registry_requests] == [None, f"Bearer {hub.token}", f"Bearer {hub.token}"]
+
+
+def test_docker_hub_access_token_only() -> None:
+    hub = docker_hub(token_body={"access_token": "opaque-hub-access-token", "expires_in": 300})
+    with hub.client() as c:
+        assert c.head_manifest(parse_image_ref("acme/shop", "3f2a1bc")).digest == DIGEST
+    assert hub.registry_requests[-1][2] == "Bearer opaque-hub-access-token"
+    assert hub.token_requests[0][0]["scope"] == "repository:acme/shop:pull"
+
+
+def test_docker_hub_credentials_under_docker_io_name_the_secret() -> None:
+    hub = docker_hub(token_status=401)
+    creds = {"docker.io": RegistryCredentials("acmebot", "dckr_pat_s3cret-value")}
+    hint = {"docker.io": "environment variable DOCKERHUB_TOKEN"}
+    with hub.client(credentials=creds, secret_hint=hint) as c, pytest.raises(RegistryError) as info:
+        c.head_manifest(parse_image_ref("acme/shop", "3f2a1bc"))
+    assert (hub.token_requests[0][1] or "").startswith("Basic ")  # Basic-for-token, over https
+    assert "check the credentials in environment variable DOCKERHUB_TOKEN (registries[docker.io].password)" in (
+        info.value.hint
+    )
+    assert "dckr_pat_s3cret-value" not in str(info.value)
+
+
+def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Replace the registry module's clock (only that module's view of `time`); returns [now]."""
+    now = [1000.0]
+    fake = types.SimpleNamespace(monotonic=lambda: now[0], time=time.time, sleep=time.sleep)
+    monkeypatch.setattr(registry_module, "time", fake)
+    return now
+
+
+@pytest.mark.parametrize(
+    ("make", "reuse_at", "renew_at"),
+    [(ghcr, 50.0, 61.0), (docker_hub, 250.0, 301.0)],  # no expires_in → 60 s; Docker Hub's says 300 s
+    ids=["ghcr-default-60s", "hub-expires-in-300"],
+)
+def test_token_lifetime(monkeypatch: pytest.MonkeyPatch, make: Any, reuse_at: float, renew_at: float) -> None:
+    now = _fake_clock(monkeypatch)
+    hosted = make()
+    start = now[0]
+    with hosted.client() as c:
+        ref = parse_image_ref(f"{'ghcr.io/' if hosted.registry == 'ghcr.io' else ''}acme/shop", "3f2a1bc")
+        c.head_manifest(ref)
+        now[0] = start + reuse_at
+        c.head_manifest(ref)
+        assert len(hosted.token_requests) == 1
+        now[0] = start + renew_at
+        c.head_manifest(ref)
+    assert len(hosted.token_requests) == 2
+    # The renewal used the remembered challenge: no second 401 round trip.
+    assert [a is None for _, _, a in hosted.registry_requests] == [True, False, False, False]
+
+
+def test_ghcr_anonymous_public_image_builds_its_own_scope() -> None:
+    registry = ghcr()
+    with registry.client() as c:
+        info = c.head_manifest(parse_image_ref("ghcr.io/acme/shop", "3f2a1bc"))
+    assert info.digest == DIGEST
+    # The challenge's placeholder scope (repository:user/image:pull) is not what is asked for.
+    assert registry.token_requests == [({"scope": "repository:acme/shop:pull", "service": "ghcr.io"}, None)]
+    assert registry.registry_requests[-1][2] == f"Bearer {GHCR_TOKEN_BODY['token']}"
+
+
+def test_ghcr_private_image_anonymous_is_refused_at_the_token_endpoint() -> None:
+    registry = ghcr(token_status=401)
+    with registry.client() as c, pytest.raises(RegistryError) as info:
+        c.head_manifest(parse_image_ref("ghcr.io/acme/private-shop", "3f2a1bc"))
+    assert not isinstance(info.value, ImageNotFoundError)
+    assert "refused an anonymous token" in str(info.value) and "configure credentials for ghcr.io" in str(info.value)
+
+
+def test_ghcr_refused_pat_names_the_secret() -> None:
+    registry = ghcr(token_status=401)
+    pat = "ghp_" + "x1Y2z3" * 6
+    with registry.client(
+        credentials={"ghcr.io": RegistryCredentials("acme-bot", pat)},
+        secret_hint={"ghcr.io": "environment variable GHCR_TOKEN"},
+    ) as c:
+        with pytest.raises(RegistryError) as info:
+            c.head_manifest(parse_image_ref("ghcr.io/acme/shop", "3f2a1bc"))
+        texts = [str(info.value), repr(info.value), repr(c)]
+    assert "check the credentials in environment variable GHCR_TOKEN (registries[ghcr.io].password)" in texts[0]
+    assert all(pat not in t for t in texts)
+
+
+def test_ghcr_403_denied_names_the_secret() -> None:
+    registry = ghcr(manifest_status=403)
+    with (
+        registry.client(
+            credentials={"ghcr.io": RegistryCredentials("acme-bot", "ghp_not-printed")},
+            secret_hint={"ghcr.io": "environment variable GHCR_TOKEN"},
+        ) as c,
+        pytest.raises(RegistryError) as info,
+    ):
+        c.head_manifest(parse_image_ref("ghcr.io/acme/shop", "3f2a1bc"))
+    assert "denied pull access to acme/shop (HTTP 403)" in str(info.value)
+    assert "environment variable GHCR_TOKEN (registries[ghcr.io].password)" in info.value.hint
+    assert "ghp_not-printed" not in str(info.value)
 
 
 # --- the sandbox registry itself -------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""The `rehearsal` flow: prove, on a schedule, that a rollback would work today.
+
+`preflight` (safe in production, changes nothing): resolve the last known good, verify its image, check
+the deploy target can be reached with the permissions it needs, that the health probes answer and
+that Slack accepts the token. `drill` (staging environments only): really roll back to the last known
+good and forward again to the version that was running, measuring both. A report artifact either way;
+Slack is told only when something is wrong (or always, or never).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.rollback import RollbackSummary, rollback
+from runbook.config import RunbookConfig, load_config
+from runbook.errors import RunbookError
+from runbook.postmortem import artifact_key
+from runbook.record import describe_error, utcnow
+from tasks._policy import NO_CACHE
+from tasks.deploy import preflight_deploy
+from tasks.health_check import run_health_check
+from tasks.notify import check_slack, notify_channel
+from tasks.resolve_sha import resolve_sha
+from tasks.verify_image import verify_image
+
+T = TypeVar("T")
+
+
+@dataclass
+class RehearsalReport:
+    """Ready or not, and why, with what was checked and measured."""
+
+    service: str
+    environment: str
+    mode: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.checks) and all(ok for _, ok, _ in self.checks)
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append((name, ok, detail))
+
+    def markdown(self) -> str:
+        verdict = "READY" if self.ready else "NOT READY"
+        lines = [
+            f"# Rollback rehearsal ({self.mode}) of `{self.service}` in `{self.environment}`: {verdict}",
+            "",
+            f"Run at {utcnow():%Y-%m-%d %H:%M:%S} UTC.",
+            "",
+            "| check | result | detail |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {'ok' if ok else 'FAILED'} | {detail.replace('|', '/')} |" for name, ok, detail in self.checks
+        ]
+        if self.timings:
+            lines += ["", "| measured | seconds |", "|---|---|"]
+            lines += [f"| {name} | {seconds:.2f} |" for name, seconds in self.timings.items()]
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> str:
+        failed = [f"{name}: {detail}" for name, ok, detail in self.checks if not ok]
+        head = f"Rollback rehearsal ({self.mode}) of `{self.service}` in `{self.environment}`: "
+        return head + ("ready." if self.ready else "NOT READY.\n" + "\n".join(f"- {line}" for line in failed))
+
+
+@task(name="probe-health-once", cache_policy=NO_CACHE, timeout_seconds=120)
+def probe_health_once(config: RunbookConfig, service_name: str, environment: str) -> str:
+    """One round of the health probes (they must answer healthy now); HealthCheckError if not."""
+    settings = config.environment(service_name, environment).health
+    once = settings.model_copy(
+        update={"consecutive_successes": 1, "deadline_seconds": settings.probe_timeout_seconds * 2}
+    )
+    return run_health_check(once).verdict.reason
+
+
+def _checked(report: RehearsalReport, name: str, call: Callable[[], T]) -> T | None:
+    """Run one check; its failure is a line of the report, not a failed rehearsal run."""
+    try:
+        result = call()
+    except Exception as exc:
+        report.check(name, False, describe_error(exc))
+        return None
+    report.check(name, True, str(result))
+    return result
+
+
+@flow(name="rehearsal", flow_run_name="rehearsal-{mode}-{service}-{environment}", timeout_seconds=3 * 3600)
+def rehearsal(
+    service: str,
+    environment: str,
+    mode: Literal["preflight", "drill"] = "preflight",
+    notify: Literal["on-problem", "always", "never"] = "on-problem",
+    config_path: str | None = None,
+) -> RehearsalReport:
+    """Rehearse the rollback of a service: `preflight` checks everything without changing anything; `drill` rolls
+    a staging environment back to the last known good and forward again.
+
+    Args:
+        service: The configured service.
+        environment: The environment to rehearse.
+        mode: preflight (safe in production) or drill (staging only: really rolls back and forward).
+        notify: When to post the report in Slack: on-problem, always, never.
+        config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
+    """
+    config = load_config(config_path)
+    config.environment(service, environment)
+    report = RehearsalReport(service, environment, mode)
+    if mode == "preflight":
+        _preflight(config, report)
+    else:
+        _drill(config, report, config_path)
+    create_markdown_artifact(
+        markdown=report.markdown(),
+        key=artifact_key(service, environment).replace("rollback-", "rehearsal-", 1),
+        description=f"Rehearsal ({mode}): {'ready' if report.ready else 'not ready'}",
+    )
+    get_run_logger().info(report.summary())
+    if notify == "always" or (notify == "on-problem" and not report.ready):
+        notify_channel(config, service, report.summary())
+    return report
+
+
+def _preflight(config: RunbookConfig, report: RehearsalReport) -> None:
+    service, environment = report.service, report.environment
+    resolution = _checked(report, "last known good", lambda: resolve_sha(config, service, environment, None))
+    if resolution is not None:
+        _checked(report, "image", lambda: verify_image(config, service, resolution.sha).digest)
+    _checked(report, "deploy target", lambda: preflight_deploy(config, service, environment))
+    _checked(report, "health probes", lambda: probe_health_once(config, service, environment))
+    problem = check_slack(config)
+    report.check("slack", problem is None, problem or "the token is accepted")
+
+
+def _drill(config: RunbookConfig, report: RehearsalReport, config_path: str | None) -> None:
+    service, environment = report.service, report.environment
+    if not config.environment(service, environment).staging:
+        report.check("staging", False, f"{environment} is not marked `staging: true`: a drill really rolls back")
+        return
+    back = _checked(
+        report,
+        "roll back",
+        lambda: _summary(
+            rollback(
+                service=service,
+                environment=environment,
+                reason="rehearsal drill",
+                trigger="drill",
+                notify=False,
+                config_path=config_path,
+            )
+        ),
+    )
+    if not isinstance(back, RollbackSummary):
+        return
+    report.timings["roll back (to healthy)"] = back.time_to_recovery or 0.0
+    forward = _checked(
+        report,
+        "roll forward",
+        lambda: _summary(
+            rollback(
+                service=service,
+                environment=environment,
+                sha=back.from_sha,
+                reason="rehearsal drill: forward again",
+                trigger="drill",
+                notify=False,
+                config_path=config_path,
+            )
+        ),
+    )
+    if isinstance(forward, RollbackSummary):
+        report.timings["roll forward (to healthy)"] = forward.time_to_recovery or 0.0
+
+
+def _summary(result: object) -> RollbackSummary:
+    if not isinstance(result, RollbackSummary):  # a Cancelled state: another rollback held the slot
+        raise RunbookError(f"the rollback did not run: {getattr(result, 'message', result)}")
+    return result

@@ -1,0 +1,584 @@
+"""The alert endpoint: Alertmanager and Grafana webhooks in, at most one rollback per service and environment out.
+
+    POST /alerts/alertmanager   Alertmanager `webhook_config` body (version 4)
+    POST /alerts/grafana        Grafana Alerting webhook contact point body (version 1)
+    GET  /healthz               liveness; no token
+
+A POST goes: bearer token (constant-time compare) -> body size -> JSON -> payload model -> one `Alert` per
+entry -> `decide()` (pure: resolved, not eligible, unknown service or environment are ignored) -> one
+`RunLauncher.launch()` per (service, environment) in the payload -> one decision per alert in the answer.
+
+Status codes: 401 no or wrong token, 413 body too large, 400 not JSON, 422 not the expected shape (naming the
+field), 503 the launcher (the Prefect API) failed — the only 5xx, so Alertmanager retries it and only it.
+
+`PrefectLauncher` keeps one rollback per (service, environment): an active run of the deployment with the same
+`service` and `environment` parameters is returned instead of a new one. Its idempotency key
+(`alert:<service>:<environment>:<alert start, to the minute>`) makes a repeat notification of an alert whose
+rollback already ended return that run rather than start another; a new incident has a new start time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from runbook.config import AlertSettings, RunbookConfig
+from runbook.errors import ConfigError, RunbookError
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+logger = logging.getLogger("runbook.alerts")
+
+AlertStatus = Literal["firing", "resolved"]
+Outcome = Literal["started", "already-running", "ignored"]
+
+#: Prefect state types of a run that is still going (AwaitingRetry/Late are SCHEDULED, Retrying is RUNNING).
+ACTIVE_STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+_REASON_MAX = 300
+
+
+class LaunchError(RunbookError):
+    """A rollback could not be started (the Prefect API is down, the deployment is missing...)."""
+
+    step = "alert"
+
+
+# --- payloads ---------------------------------------------------------------------------------------------
+
+
+class _Wire(BaseModel):
+    """Lenient: unknown keys (new Alertmanager or Grafana fields) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class AlertmanagerAlert(_Wire):
+    """One alert of an Alertmanager webhook message."""
+
+    status: AlertStatus
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime = Field(alias="startsAt")
+    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = ""
+
+
+class AlertmanagerPayload(_Wire):
+    """Alertmanager's webhook body (`version` "4"); `notification_reason` since v0.32, `routeLabels` since v0.34."""
+
+    version: str = "4"
+    status: AlertStatus | None = None
+    receiver: str = ""
+    group_key: str = Field(default="", alias="groupKey")
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+    alerts: list[AlertmanagerAlert]
+    notification_reason: str | None = None
+    route_labels: dict[str, str] | None = Field(default=None, alias="routeLabels")
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts")
+
+    def to_alerts(self) -> list[Alert]:
+        return [_common(a, a.generator_url) for a in self.alerts]
+
+
+class GrafanaAlert(AlertmanagerAlert):
+    """One alert of a Grafana webhook contact point body."""
+
+    silence_url: str | None = Field(default=None, alias="silenceURL")
+    dashboard_url: str | None = Field(default=None, alias="dashboardURL")
+    panel_url: str | None = Field(default=None, alias="panelURL")
+    image_url: str | None = Field(default=None, alias="imageURL")
+    values: dict[str, Any] | None = None
+
+
+class GrafanaPayload(AlertmanagerPayload):
+    """Grafana's webhook body (`version` "1"): Alertmanager's envelope plus `orgId`, `title`, `state`, `message`."""
+
+    version: str = "1"
+    org_id: int | None = Field(default=None, alias="orgId")
+    title: str | None = None
+    state: str | None = None
+    message: str | None = None
+    alerts: list[GrafanaAlert]  # type: ignore[assignment]  # a GrafanaAlert is an AlertmanagerAlert
+
+    def to_alerts(self) -> list[Alert]:
+        # The panel or dashboard is what a person wants to see; generatorURL is the rule's edit page.
+        return [_common(a, a.panel_url or a.dashboard_url or a.generator_url) for a in self.alerts]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert, whoever sent it."""
+
+    name: str
+    status: AlertStatus
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: datetime
+    link: str | None
+    fingerprint: str
+
+
+def label_fingerprint(labels: Mapping[str, str]) -> str:
+    """Alertmanager's fingerprint of a label set (FNV-1a 64 over sorted names and values, 0xff separated)."""
+    value = 14695981039346656037
+    for name in sorted(labels):
+        for part in (name.encode(), b"\xff", labels[name].encode(), b"\xff"):
+            for byte in part:
+                value = ((value ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
+
+
+def _common(alert: AlertmanagerAlert, link: str) -> Alert:
+    return Alert(
+        name=alert.labels.get("alertname", ""),
+        status=alert.status,
+        labels=dict(alert.labels),
+        annotations=dict(alert.annotations),
+        starts_at=alert.starts_at.astimezone(UTC),
+        link=link or None,
+        fingerprint=alert.fingerprint or label_fingerprint(alert.labels),
+    )
+
+
+# --- the decision -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Start nothing, and why; service and environment as the alert's labels name them, if they do."""
+
+    reason: str
+    service: str | None = None
+    environment: str | None = None
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Roll `service` back in `environment`."""
+
+    service: str
+    environment: str
+    reason: str
+    detected_at: datetime
+    link: str | None
+
+
+Decision = Ignore | Rollback
+
+
+def alert_settings(config: RunbookConfig) -> AlertSettings:
+    """The `alerts` section, or a ConfigError saying it is missing."""
+    if config.alerts is None:
+        raise ConfigError(
+            "the configuration has no 'alerts' section",
+            hint="add alerts: {token: {env: RUNBOOK_ALERT_TOKEN}} (see runbook.example.yaml)",
+        )
+    return config.alerts
+
+
+def decide(alert: Alert, config: RunbookConfig) -> Decision:
+    """What to do with one alert: ignore it (resolved, not eligible, unknown target) or roll back."""
+    settings = alert_settings(config)
+    service = alert.labels.get(settings.service_label)
+    environment = alert.labels.get(settings.environment_label) or settings.default_environment
+    if alert.status == "resolved":
+        return Ignore("resolved", service, environment)
+    for name, wanted in sorted(settings.match.items()):
+        if name not in alert.labels:
+            return Ignore(f"not eligible: missing match label {name}={wanted}", service, environment)
+        if alert.labels[name] != wanted:
+            return Ignore(
+                f"not eligible: label {name}={alert.labels[name]!r} does not match {name}={wanted}",
+                service,
+                environment,
+            )
+    known = ", ".join(sorted(config.services))
+    if not service:
+        return Ignore(f"unknown service: the alert has no {settings.service_label!r} label (known: {known})")
+    if service not in config.services:
+        return Ignore(f"unknown service {service!r} (known: {known})", service, environment)
+    if not environment:
+        return Ignore(
+            f"unknown environment: the alert has no {settings.environment_label!r} label "
+            "and alerts.default_environment is not set",
+            service,
+        )
+    environments = config.services[service].environments
+    if environment not in environments:
+        return Ignore(
+            f"unknown environment {environment!r} for service {service!r} (known: {', '.join(sorted(environments))})",
+            service,
+            environment,
+        )
+    return Rollback(service, environment, _reason(alert), alert.starts_at, alert.link)
+
+
+def _reason(alert: Alert) -> str:
+    summary = alert.annotations.get("summary", "").strip()
+    name = alert.name or "alert"
+    text = f"{name}: {summary}" if summary else name
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 1] + "…"
+
+
+# --- launching --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """What an alert asks for: a rollback of one service in one environment."""
+
+    service: str
+    environment: str
+    reason: str
+    detected_at: datetime
+    link: str | None
+    alert_fingerprint: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The run answering a request: new (`created`) or the one already there; `state` is its state type."""
+
+    run_id: str
+    created: bool
+    state: str
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATE_TYPES
+
+
+class RunLauncher(Protocol):
+    """Starts a rollback run unless one is already active for the service and environment."""
+
+    async def launch(self, request: RollbackRequest) -> Launch: ...
+
+
+def idempotency_key(request: RollbackRequest) -> str:
+    """`alert:<service>:<environment>:<start minute UTC>`: stable across repeats, new for a new incident."""
+    minute = request.detected_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    return f"alert:{request.service}:{request.environment}:{minute}"
+
+
+class PrefectLauncher:
+    """Creates runs of the `rollback` deployment through the Prefect API, one active per service and environment.
+
+    Within this process an `asyncio.Lock` per (service, environment) serialises check-then-create; across
+    processes (two endpoint replicas) the idempotency key makes the same alert group land on the same run.
+    """
+
+    def __init__(
+        self,
+        deployment_name: str = "rollback/rollback",
+        *,
+        config_path: str | None = None,
+        timeout_seconds: float = 15.0,
+    ) -> None:
+        self.deployment_name = deployment_name
+        self.config_path = config_path
+        self.timeout_seconds = timeout_seconds
+        self._deployment_id: UUID | None = None
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"PrefectLauncher(deployment_name={self.deployment_name!r})"
+
+    def _lock(self, service: str, environment: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # an asyncio.Lock belongs to one event loop
+            self._loop, self._locks = loop, {}
+        return self._locks.setdefault((service, environment), asyncio.Lock())
+
+    async def launch(self, request: RollbackRequest) -> Launch:
+        import httpx
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound, PrefectException
+
+        try:
+            async with (
+                asyncio.timeout(self.timeout_seconds),
+                self._lock(request.service, request.environment),
+                get_client() as client,
+            ):
+                return await self._launch(client, request)
+        except ObjectNotFound:
+            self._deployment_id = None
+            raise LaunchError(
+                f"the Prefect deployment {self.deployment_name!r} does not exist",
+                hint="start `runbook serve` (it deploys the rollback flow) or check the Prefect API URL",
+            ) from None
+        except TimeoutError:
+            raise LaunchError(
+                f"the Prefect API did not answer within {self.timeout_seconds:g} s",
+                hint="check the Prefect server (prefect server start) and PREFECT_API_URL",
+            ) from None
+        except (httpx.HTTPError, PrefectException, OSError) as exc:
+            raise LaunchError(
+                f"the Prefect API failed: {type(exc).__name__}: {exc}",
+                hint="check the Prefect server (prefect server start) and PREFECT_API_URL",
+            ) from None
+
+    async def _launch(self, client: PrefectClient, request: RollbackRequest) -> Launch:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterIdempotencyKey,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        deployment_id = await self._resolve_deployment(client)
+        active = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in ACTIVE_STATE_TYPES])),
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+        for run in active:
+            given = run.parameters or {}
+            if (given.get("service"), given.get("environment")) == (request.service, request.environment):
+                return _launch_of(run, created=False)
+
+        key = idempotency_key(request)
+        earlier = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]),
+            ),
+            limit=1,
+        )
+        if earlier:  # this alert's rollback already ran and ended: Prefect would hand it back anyway
+            return _launch_of(earlier[0], created=False)
+
+        parameters: dict[str, Any] = {
+            "service": request.service,
+            "environment": request.environment,
+            "reason": request.reason,
+            "incident": request.link,
+            "detected_at": request.detected_at.isoformat(),
+            "trigger": "alert",
+        }
+        if self.config_path is not None:
+            parameters["config_path"] = self.config_path
+        run = await client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters=parameters,
+            tags=["alert", request.service, request.environment],
+            idempotency_key=key,
+        )
+        logger.info(
+            "created rollback run %s for %s/%s (alert %s)",
+            run.id,
+            request.service,
+            request.environment,
+            request.alert_fingerprint,
+        )
+        return _launch_of(run, created=True)
+
+    async def _resolve_deployment(self, client: PrefectClient) -> UUID:
+        if self._deployment_id is None:
+            self._deployment_id = (await client.read_deployment_by_name(self.deployment_name)).id
+        return self._deployment_id
+
+
+def _launch_of(run: FlowRun, *, created: bool) -> Launch:
+    state = run.state_type.value if run.state_type is not None else "UNKNOWN"
+    return Launch(str(run.id), created, state)
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+
+class AlertOutcome(BaseModel):
+    """What became of one alert."""
+
+    fingerprint: str
+    decision: Outcome
+    reason: str
+    run_id: str | None = None
+    service: str | None = None
+    environment: str | None = None
+
+
+class AlertsAnswer(BaseModel):
+    """The answer to a webhook: one outcome per alert, in the payload's order."""
+
+    alerts: list[AlertOutcome]
+
+
+class _Refused(Exception):
+    """A request answered with a 4xx/503 before or instead of any decision."""
+
+    def __init__(self, status: int, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.error, self.extra = status, error, extra
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse({"error": self.error, **self.extra}, status_code=self.status, headers=headers)
+
+
+def create_app(config: RunbookConfig, launcher: RunLauncher, *, token: str | SecretStr | None = None) -> FastAPI:
+    """The alert endpoint as an ASGI app; `token` defaults to the secret `alerts.token` refers to."""
+    settings = alert_settings(config)
+    secret = token if token is not None else settings.token.reveal()
+    expected = (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).encode()
+    if not expected.strip():
+        raise ConfigError("the alert token is empty", hint=f"set a long random value in {settings.token.describe()}")
+    limit = settings.max_body_bytes
+
+    app = FastAPI(title="runbook alerts", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def handle(request: Request, source: str, parse: Callable[[Any], list[Alert]]) -> Response:
+        try:
+            _authorize(request.headers.get("authorization"), expected)
+            alerts = parse(_decode(await _read_body(request, limit)))
+            answer = await _answer(alerts, config, launcher, source)
+        except _Refused as refused:
+            client = request.client.host if request.client else "?"
+            level = logging.ERROR if refused.status >= 500 else logging.WARNING
+            logger.log(level, "%s webhook from %s refused: %s %s", source, client, refused.status, refused.error)
+            return refused.response()
+        return JSONResponse(answer.model_dump(mode="json"))
+
+    @app.post("/alerts/alertmanager")
+    async def alertmanager(request: Request) -> Response:
+        return await handle(request, "alertmanager", lambda data: _validate(AlertmanagerPayload, data).to_alerts())
+
+    @app.post("/alerts/grafana")
+    async def grafana(request: Request) -> Response:
+        return await handle(request, "grafana", lambda data: _validate(GrafanaPayload, data).to_alerts())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _authorize(header: str | None, expected: bytes) -> None:
+    if not header:
+        raise _Refused(401, "missing bearer token (Authorization: Bearer <token>)")
+    scheme, _, value = header.partition(" ")
+    # compare_digest on bytes: on str it raises for non-ASCII input instead of answering False.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+        raise _Refused(401, "invalid bearer token")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise _Refused(413, f"body of {declared} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():  # chunked bodies have no Content-Length: count what arrives
+        body += chunk
+        if len(body) > limit:
+            raise _Refused(413, f"body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise _Refused(400, f"body is not valid JSON: {exc}") from None
+
+
+def _validate(model: type[AlertmanagerPayload], data: Any) -> AlertmanagerPayload:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc']) or '(body)'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        ]
+        raise _Refused(422, f"invalid payload: {problems[0]}", problems=problems[:20]) from None
+
+
+async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLauncher, source: str) -> AlertsAnswer:
+    decisions = [decide(alert, config) for alert in alerts]
+    outcomes: list[AlertOutcome | None] = [None] * len(alerts)
+    targets: dict[tuple[str, str], dict[int, Rollback]] = {}
+    for index, (alert, decision) in enumerate(zip(alerts, decisions, strict=True)):
+        if isinstance(decision, Rollback):
+            targets.setdefault((decision.service, decision.environment), {})[index] = decision
+        else:
+            outcomes[index] = AlertOutcome(
+                fingerprint=alert.fingerprint,
+                decision="ignored",
+                reason=decision.reason,
+                service=decision.service,
+                environment=decision.environment,
+            )
+    for (service, environment), rollbacks in targets.items():
+        # The group's earliest alert: its start is when the incident was detected.
+        first = min(rollbacks, key=lambda i: (alerts[i].starts_at, i))
+        chosen = rollbacks[first]
+        request = RollbackRequest(
+            service, environment, chosen.reason, chosen.detected_at, chosen.link, alerts[first].fingerprint
+        )
+        try:
+            launch = await launcher.launch(request)
+        except Exception as exc:  # whatever the launcher raises, the answer is 503 so the sender retries
+            raise _Refused(503, f"cannot start the rollback of {service}/{environment}: {exc}") from None
+        for index in rollbacks:
+            outcomes[index] = _outcome(alerts[index], service, environment, launch, starter=index == first)
+        logger.info(
+            "%s webhook: %s/%s run %s (%s, %s) for %d alert(s)",
+            source,
+            service,
+            environment,
+            launch.run_id,
+            "created" if launch.created else "existing",
+            launch.state,
+            len(rollbacks),
+        )
+    return AlertsAnswer(alerts=[o for o in outcomes if o is not None])
+
+
+def _outcome(alert: Alert, service: str, environment: str, launch: Launch, *, starter: bool) -> AlertOutcome:
+    if launch.created and starter:
+        decision: Outcome = "started"
+        reason = f"rollback of {service}/{environment} started"
+    elif launch.created or launch.active:
+        decision = "already-running"
+        reason = f"a rollback of {service}/{environment} is already {launch.state.lower()}: one at a time"
+    else:
+        decision = "ignored"
+        reason = (
+            f"this alert's rollback already ran (run {launch.run_id} ended {launch.state}); "
+            "a new incident (new start time) starts a new one"
+        )
+    return AlertOutcome(
+        fingerprint=alert.fingerprint,
+        decision=decision,
+        reason=reason,
+        run_id=launch.run_id,
+        service=service,
+        environment=environment,
+    )

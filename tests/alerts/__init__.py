@@ -1,0 +1,1 @@
+"""Tests of the alert endpoint (runbook/alerts.py)."""

@@ -1,0 +1,75 @@
+"""Rehearsals: preflight changes nothing and says ready or why not; a drill rolls back and forward in staging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.rehearsal import rehearsal
+from runbook.sandbox.registry import delete_tag
+from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
+        # Rehearsals run on a healthy service.
+        world.app.broken.clear()
+        yield world
+
+
+def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, config_path=str(sandbox.config_path))
+    assert report.ready, report.summary()
+    assert [name for name, _, _ in report.checks] == [
+        "last known good",
+        "image",
+        "deploy target",
+        "health probes",
+        "slack",
+    ]
+    assert sandbox.github.mutating_requests() == []
+    assert sandbox.slack.messages == [] and sandbox.slack.requests.get("auth.test") == 1
+    assert sandbox.app.deploys == [sandbox.commits.broken]
+
+
+def test_preflight_not_ready_says_why_and_tells_slack(sandbox: Sandbox) -> None:
+    delete_tag(sandbox.registry.base_url, "acme/shop", sandbox.commits.last_known_good)
+    sandbox.app.broken.add(sandbox.commits.broken)
+
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, config_path=str(sandbox.config_path))
+
+    assert not report.ready
+    failed = {name: detail for name, ok, detail in report.checks if not ok}
+    assert set(failed) == {"health probes"}  # the last known good is then the older commit, with its image
+    assert "HTTP 500" in failed["health probes"]
+    [message] = sandbox.slack.messages
+    assert "NOT READY" in message.text and "health probes" in message.text
+    assert sandbox.github.mutating_requests() == []
+
+
+def test_drill_refuses_an_environment_not_marked_staging(sandbox: Sandbox) -> None:
+    report = rehearsal(
+        service=SERVICE, environment=ENVIRONMENT, mode="drill", notify="never", config_path=str(sandbox.config_path)
+    )
+    assert not report.ready and report.checks[0][0] == "staging"
+    assert sandbox.github.dispatches() == []
+
+
+def test_drill_rolls_back_and_forward_in_staging(sandbox: Sandbox) -> None:
+    config = sandbox.write_config(sandbox.config_data(staging=True), "staging.yaml")
+
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, mode="drill", config_path=str(config))
+
+    assert report.ready, report.summary()
+    assert set(report.timings) == {"roll back (to healthy)", "roll forward (to healthy)"}
+    assert [d.body["inputs"]["sha"] for d in sandbox.github.dispatches()] == [
+        sandbox.commits.last_known_good,
+        sandbox.commits.broken,
+    ]
+    assert sandbox.app.version == sandbox.commits.broken
+    assert sandbox.slack.messages == []  # drills report in the artifact; Slack only on a problem
