@@ -8,7 +8,9 @@ configured names; otherwise plain strings (validated at run time anyway). Import
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from runbook.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH
 from runbook.errors import RunbookError
@@ -31,5 +33,8 @@ def configured_names() -> tuple[list[str], list[str]]:
 
 
 def choice(names: list[str]) -> Any:
-    """`Literal[...]` of the names, or `str` when there are none."""
-    return Literal[tuple(names)] if names else str
+    """`str` whose JSON schema lists the names as an enum (a drop-down in the UI), or plain `str` when none.
+
+    Not `Literal`: pydantic renders a one-name Literal as `const`, which the form shows as a fixed value.
+    """
+    return Annotated[str, Field(json_schema_extra={"enum": names})] if names else str

@@ -102,6 +102,35 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    alerts_host: Annotated[str, typer.Option(help="address of the alert endpoint")] = "127.0.0.1",
+    alerts_port: Annotated[int, typer.Option(help="port of the alert endpoint")] = 8787,
+) -> None:
+    """Serve the rollback and rehearsal deployments and the alert endpoint (Ctrl-C stops)."""
+    prefect_defaults(Path(".runbook/prefect").resolve() if not os.environ.get("PREFECT_API_URL") else None)
+    from runbook.config import config_path
+    from runbook.serve import serve as run_server
+
+    try:
+        run_server(config_path(config), alerts_host=alerts_host, alerts_port=alerts_port)
+    except RunbookError as exc:
+        _fail(exc)
+
+
+@app.command("prefect-yaml")
+def prefect_yaml_command(config: ConfigOption = None) -> None:
+    """Print prefect.yaml for this configuration (for `prefect deploy --all` with a process work pool)."""
+    from deployments.spec import prefect_yaml
+    from runbook.config import load_config
+
+    try:
+        typer.echo(prefect_yaml(load_config(config)), nl=False)
+    except RunbookError as exc:
+        _fail(exc)
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,91 @@
+"""`runbook serve` on a real Prefect server: runs created through the API run, one rollback at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from tests.triggers.conftest import ROOT, Served, server_env
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def api(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One API call, retried on 503: Prefect's SQLite answers "database is locked" that way (its client retries)."""
+    for attempt in range(10):
+        response = httpx.request(method, url, timeout=10, **kwargs)
+        if response.status_code != 503:
+            return response
+        time.sleep(0.2 * (attempt + 1))
+    return response
+
+
+def create_run(served: Served, parameters: dict[str, Any], deployment: str = "rollback/rollback") -> str:
+    dep = api("GET", f"{served.api}/deployments/name/{deployment}").json()
+    answer = api("POST", f"{served.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+    assert answer.status_code in (200, 201), answer.text
+    return str(answer.json()["id"])
+
+
+def wait_terminal(served: Served, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api("GET", f"{served.api}/flow_runs/{run_id}").json()
+        if run["state"] and run["state"]["type"] in TERMINAL:
+            return dict(run)
+        time.sleep(0.25)
+    raise AssertionError(f"run {run_id} did not end; serve log:\n{served.log.read_text()[-3000:]}")
+
+
+def test_a_run_created_through_the_api_completes(served: Served) -> None:
+    sandbox = served.sandbox
+    before = len(sandbox.github.dispatches())
+    created = time.monotonic()
+    run = wait_terminal(served, create_run(served, {"service": "shop", "environment": "production", "reason": "api"}))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert len(sandbox.github.dispatches()) == before + 1
+    assert httpx.get(f"{sandbox.app.url}/health", timeout=5).status_code == 200
+    started = run["start_time"] and run["expected_start_time"]
+    assert started, run
+    print(f"API-created run: {time.monotonic() - created:.1f} s from creation to Completed")
+
+
+def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> None:
+    sandbox = served.sandbox
+    sandbox.app.broken.clear()
+    sandbox.github.run_step_seconds = 3.0  # the first run's deploy holds the slot long enough to overlap
+    try:
+        before = len(sandbox.github.dispatches())
+        first = create_run(served, {"service": "shop", "environment": "production", "sha": sandbox.commits.all[0]})
+        second = create_run(served, {"service": "shop", "environment": "production", "sha": sandbox.commits.all[1]})
+        states = sorted(wait_terminal(served, run_id)["state"]["type"] for run_id in (first, second))
+    finally:
+        sandbox.github.run_step_seconds = 0.05
+    assert states == ["CANCELLED", "COMPLETED"], states
+    assert len(sandbox.github.dispatches()) == before + 1
+
+
+def test_prefect_deploy_all_with_a_process_work_pool(served: Served, tmp_path: Any) -> None:
+    """`prefect deploy --all` from prefect.yaml works, and the form offers the configured services as choices."""
+    env = server_env(str(tmp_path / "home"), PREFECT_API_URL=served.api, RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
+                     RUNBOOK_PROJECT_DIR=str(ROOT))
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    pool = subprocess.run([*prefect, "work-pool", "create", "runbook", "--type", "process"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stdout + pool.stderr
+    deploy = subprocess.run([*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    dep = api("GET", f"{served.api}/deployments/name/rollback/rollback").json()
+    properties = dep["parameter_openapi_schema"]["properties"]
+    assert properties["service"]["enum"] == ["shop"]
+    assert properties["environment"]["enum"] == ["production", "staging"]
+    assert "last known good" in properties["sha"]["description"]
+    rehearsal = api("GET", f"{served.api}/deployments/name/rehearsal/rehearsal-shop-staging").json()
+    assert rehearsal["parameters"]["mode"] == "drill" and rehearsal["work_pool_name"] == "runbook"
+    assert rehearsal["schedules"][0]["schedule"]["cron"] == "0 9 * * 2"
+
