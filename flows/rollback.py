@@ -3,8 +3,8 @@
 1. resolve the stable SHA (given, or the last known good)   -> tasks/resolve_sha.py
 2. verify its image exists in the registry, keep its digest  -> tasks/verify_image.py
 3. redeploy it through the environment's deploy target       -> tasks/deploy.py
-4. check health until it is stable, record the rollout       -> tasks/health_check.py
-5. tell the team in Slack, in one thread                     -> tasks/notify.py
+4. check health (probes, error rate, key features)           -> tasks/health_check.py
+5. tell the team in Slack, in one thread                     -> tasks/notify.py (flows/_slack.py)
 6. write the post-mortem artifacts, whatever happened        -> tasks/postmortem.py
 """
 
@@ -13,28 +13,36 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
+from prefect.utilities.urls import url_for
 
+from flows._slack import Announcer
 from runbook import messages
-from runbook.approval import Approval, approval_description
+from runbook.approval import wait_for_approval
 from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
-from runbook.errors import ApprovalError
+from runbook.events import emit
 from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.targets import DeployRequest
-from tasks.deploy import deploy, finish_deploy, preflight_deploy
-from tasks.health_check import check_health, check_metric, check_smoke, record_healthy_rollout
-from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started
+from tasks.deploy import close_rollout, deploy, finish_deploy, open_rollout, preflight_deploy
+from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
 from tasks.resolve_sha import resolve_sha
 from tasks.verify_image import verify_image
+
+_SERVICES, _ENVIRONMENTS = configured_names()
+if TYPE_CHECKING:
+    ServiceName = str
+    EnvironmentName = str
+else:
+    ServiceName = choice(_SERVICES)
+    EnvironmentName = choice(_ENVIRONMENTS)
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,14 @@ class RollbackSummary:
     postmortem: str
 
 
-_SERVICES, _ENVIRONMENTS = configured_names()
-if TYPE_CHECKING:
-    ServiceName = str
-    EnvironmentName = str
-else:
-    ServiceName = choice(_SERVICES)
-    EnvironmentName = choice(_ENVIRONMENTS)
+@dataclass(frozen=True)
+class _Options:
+    """The parameters that shape the procedure once the service and environment are known."""
+
+    sha: str | None
+    dry_run: bool
+    approval_timeout: int | None  # None: no approval asked
+    posts: bool
 
 
 @flow(name="rollback", flow_run_name="rollback-{service}-{environment}", timeout_seconds=4 * 3600)
@@ -73,6 +82,7 @@ def rollback(
     approval_timeout_seconds: int = 900,
     detected_at: datetime | None = None,
     trigger: str = "manual",
+    alert: dict[str, Any] | None = None,
     notify: bool = True,
     config_path: str | None = None,
 ) -> RollbackSummary | State:
@@ -89,11 +99,27 @@ def rollback(
         approval_timeout_seconds: How long to wait for that approval before giving up (nothing deployed).
         detected_at: When the incident started (an alert's startsAt); default: now.
         trigger: Who started the run: manual, alert, schedule, drill.
+        alert: The alert that started it (name, labels, link), set by the alert endpoint.
         notify: Tell Slack (rehearsal drills turn it off and report on their own).
         config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
     """
     config = load_config(config_path)
     config.environment(service, environment)  # unknown service or environment: fail before anything
+    now = utcnow()
+    record = RollbackRecord(
+        service=service,
+        environment=environment,
+        trigger=trigger,
+        reason=reason,
+        incident=incident,
+        detected_at=detected_at or now,
+        started_at=now,
+        dry_run=dry_run,
+        run_url=_run_url(),
+        alert=alert,
+        attempt=flow_run.run_count or 1,
+    )
+    options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, notify and not dry_run)
     with ExitStack() as stack:
         if not dry_run:
             try:
@@ -101,78 +127,48 @@ def rollback(
             except RollbackInProgressError as exc:
                 get_run_logger().warning(str(exc))
                 return Cancelled(message=str(exc))
-        params = _Params(
-            service,
-            environment,
-            sha,
-            reason,
-            incident,
-            dry_run,
-            approval_timeout_seconds if require_approval else None,
-            detected_at,
-            trigger,
-            notify and not dry_run,
-        )
-        return _run(config, params)
+        return _run(config, record, options)
 
 
-@dataclass(frozen=True)
-class _Params:
-    service: str
-    environment: str
-    sha: str | None
-    reason: str
-    incident: str | None
-    dry_run: bool
-    approval_timeout: int | None
-    detected_at: datetime | None
-    trigger: str
-    posts: bool
-
-
-def _run(config: RunbookConfig, p: _Params) -> RollbackSummary:
-    service, environment, reason, incident = p.service, p.environment, p.reason, p.incident
-    now = utcnow()
-    record = RollbackRecord(
-        service=service,
-        environment=environment,
-        trigger=p.trigger,
-        reason=reason,
-        incident=incident,
-        detected_at=p.detected_at or now,
-        started_at=now,
-        dry_run=p.dry_run,
-        run_url=_run_url(),
-    )
+def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> RollbackSummary:
+    """Run the procedure; whatever happens, tell Slack how it ended and write the post-mortem."""
+    service, environment = record.service, record.environment
     if record.run_url:
         record.links["flow run"] = record.run_url
     ctx = messages.IncidentContext(
         service=service,
         environment=environment,
-        reason=reason,
-        incident=incident,
+        reason=record.reason,
+        incident=record.incident,
         mentions=tuple(config.service(service).slack.mentions),
         run_url=record.run_url,
         language=config.slack.language,
+        alert=record.alert_line(),
     )
-    thread = Posted(None, None, "nothing posted (dry run or notify off)")
+    slack = Announcer(config, record, ctx, enabled=options.posts)
+    if not options.dry_run:
+        emit("rollback", "started", service, environment, {"trigger": record.trigger, "reason": record.reason})
     try:
-        if p.posts:
-            thread = notify_incident(config, ctx, messages.incident_message(ctx))
-            _slack_outcome(record, thread)
-        _procedure(config, record, ctx, thread, p.sha, p.approval_timeout, p.posts)
+        slack.incident()
+        _procedure(config, record, slack, options)
     except Exception as exc:
         step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
         record.fail(step, describe_error(exc))
-        if p.posts:
-            _slack_outcome(
-                record,
-                notify_outcome(config, ctx, thread, messages.failure_message(ctx, step, record.failure_reason or "")),
-            )
+        slack.failed(step, record.failure_reason or "")
+        if not options.dry_run:
+            emit("rollback", "failed", service, environment, {"step": step, "reason": record.failure_reason})
         raise
     finally:
         record.ended_at = utcnow()
         markdown = write_postmortem(record)
+    if not options.dry_run:
+        emit(
+            "rollback",
+            "succeeded",
+            service,
+            environment,
+            {"sha": record.to_sha, "digest": record.digest, "time_to_recovery": record.time_to_recovery},
+        )
     return RollbackSummary(
         record.outcome,
         service,
@@ -186,24 +182,12 @@ def _run(config: RunbookConfig, p: _Params) -> RollbackSummary:
     )
 
 
-def _procedure(
-    config: RunbookConfig,
-    record: RollbackRecord,
-    ctx: messages.IncidentContext,
-    thread: Posted,
-    sha: str | None,
-    approval_timeout: int | None,
-    posts: bool,
-) -> None:
-    """The seed's sections 3.1 to 3.3 and 4, in order."""
+def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, options: _Options) -> None:
+    """The seed's sections 3.1 to 3.3, in order."""
     service, environment = record.service, record.environment
     with record.step("resolve-sha") as step:
-        resolution = resolve_sha(config, service, environment, sha)
-        record.from_sha, record.to_sha, record.sha_source = (
-            resolution.running,
-            resolution.sha,
-            resolution.source,
-        )
+        resolution = resolve_sha(config, service, environment, options.sha)
+        record.from_sha, record.to_sha, record.sha_source = resolution.running, resolution.sha, resolution.source
         step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
         if resolution.warning:
             record.warn(resolution.warning)
@@ -215,31 +199,55 @@ def _procedure(
         record.image, record.digest = image.image, image.digest
         step.detail = f"{image.image} = {image.digest}"
 
-    if record.dry_run:
+    if options.dry_run:
         with record.step("preflight-deploy") as step:
             step.detail = preflight_deploy(config, service, environment)
         record.outcome = "dry-run"
         return
 
-    if approval_timeout is not None:
+    if options.approval_timeout is not None:
         with record.step("approval") as step:
-            approval = wait_for_approval(record, resolution.title, resolution.compare_url, approval_timeout)
+            approval = wait_for_approval(record, resolution.title, resolution.compare_url, options.approval_timeout)
             record.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
             step.detail = f"approved by {record.approval}"
 
-    if posts:
-        started = messages.rollback_started_message(ctx, resolution.sha, resolution.compare_url)
-        _slack_outcome(record, notify_rollback_started(config, ctx, thread, started))
-    with record.step("deploy") as step:
-        request = DeployRequest(
-            service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
-        )
-        result = deploy(config, request)
-        step.detail = result.detail
-        step.state = "skipped" if result.skipped else "completed"
-        if result.link:
-            record.links["deploy"] = result.link
+    slack.rollback_started(resolution.sha, resolution.compare_url)
+    request = DeployRequest(
+        service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
+    )
+    rollout = open_rollout(config, request, record.run_url)
+    try:
+        with record.step("deploy") as step:
+            result = deploy(config, request)
+            step.detail = result.detail
+            step.state = "skipped" if result.skipped else "completed"
+            if result.link:
+                record.links["deploy"] = result.link
+        _verify(config, record)
+    except Exception:
+        if rollout is not None:
+            close_rollout(
+                config, service, rollout, "failure", f"rollback failed: {record.steps[-1].name}", record.run_url
+            )
+        raise
+    record.outcome = "recovered"
+    if rollout is not None:
+        close_rollout(config, service, rollout, "success", f"rollback to {resolution.short}: healthy", record.run_url)
+    if not result.skipped:
+        cleanup = finish_deploy(config, request, result)
+        if cleanup and cleanup.startswith("clean-up failed"):
+            record.warn(cleanup)
 
+    ttr = record.time_to_recovery or 0.0
+    get_run_logger().info(
+        "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
+    )
+    slack.recovered(resolution.sha, image.digest, ttr, result.link)
+
+
+def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
+    """Seed 3.3: health endpoints, then the error rate, then the key features."""
+    service, environment = record.service, record.environment
     with record.step("health-check") as step:
         report = check_health(config, service, environment)
         record.healthy_at = utcnow()
@@ -254,63 +262,8 @@ def _procedure(
         with record.step("smoke-checks") as step:
             record.smoke_summary = check_smoke(config, service, environment)
             step.detail = record.smoke_summary[0] if record.smoke_summary else ""
-    record.outcome = "recovered"
-    if not result.skipped:
-        cleanup = finish_deploy(config, request, result)
-        if cleanup and cleanup.startswith("clean-up failed"):
-            record.warn(cleanup)
-    record_healthy_rollout(config, service, environment, resolution.sha, image.digest, record.run_url)
-
-    ttr = record.time_to_recovery or 0.0
-    get_run_logger().info(
-        "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
-    )
-    if posts:
-        recovered = messages.recovered_message(ctx, resolution.sha, image.digest, ttr, result.link)
-        _slack_outcome(record, notify_outcome(config, ctx, thread, recovered))
-
-
-def wait_for_approval(record: RollbackRecord, title: str, compare_url: str | None, timeout: int) -> Approval:
-    """Pause the run until a person approves or rejects it in the Prefect UI (ApprovalError unless approved)."""
-    description = approval_description(
-        record.service,
-        record.environment,
-        record.from_sha,
-        record.to_sha or "",
-        title,
-        record.image or "",
-        record.digest or "",
-        compare_url,
-    )
-    get_run_logger().info("waiting up to %d s for a person to approve the rollback (Resume in the UI)", timeout)
-    try:
-        approval = pause_flow_run(
-            wait_for_input=Approval.with_initial_data(description=description), timeout=timeout, poll_interval=1
-        )
-    except FlowPauseTimeout:
-        raise ApprovalError(
-            f"nobody approved the rollback within {timeout} s: nothing was deployed",
-            hint="run it again, or without require_approval",
-        ) from None
-    if not approval.approve:
-        who = approval.approver or "someone"
-        raise ApprovalError(
-            f"{who} rejected the rollback"
-            + (f" ({approval.comment})" if approval.comment else "")
-            + ": nothing was deployed",
-            hint="choose another SHA or fix forward",
-        )
-    return approval
 
 
 def _run_url() -> str | None:
-    # Prefect builds the link from PREFECT_UI_URL; without one it would print "None/flow-runs/...".
-    url = flow_run.ui_url
-    return url if url and url.startswith("http") else None
-
-
-def _slack_outcome(record: RollbackRecord, posted: Posted) -> None:
-    if posted.ok:
-        record.note("Slack message posted")
-    else:
-        record.warn(f"Slack: {posted.error}")
+    """The run's page in the Prefect UI; None when PREFECT_UI_URL is not set."""
+    return url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None

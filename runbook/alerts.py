@@ -251,6 +251,8 @@ class RollbackRequest:
     detected_at: datetime
     link: str | None
     alert_fingerprint: str
+    alert_name: str = ""
+    alert_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,14 @@ class PrefectLauncher:
             "incident": request.link,
             "detected_at": request.detected_at.isoformat(),
             "trigger": "alert",
+            # For the post-mortem: which alert, with its labels and link.
+            "alert": {
+                "name": request.alert_name,
+                "labels": dict(request.alert_labels),
+                "link": request.link,
+                "starts_at": request.detected_at.isoformat(),
+                "fingerprint": request.alert_fingerprint,
+            },
         }
         if self.config_path is not None:
             parameters["config_path"] = self.config_path
@@ -540,7 +550,14 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
         first = min(rollbacks, key=lambda i: (alerts[i].starts_at, i))
         chosen = rollbacks[first]
         request = RollbackRequest(
-            service, environment, chosen.reason, chosen.detected_at, chosen.link, alerts[first].fingerprint
+            service,
+            environment,
+            chosen.reason,
+            chosen.detected_at,
+            chosen.link,
+            alerts[first].fingerprint,
+            alerts[first].name,
+            tuple(sorted(alerts[first].labels.items())),
         )
         try:
             launch = await launcher.launch(request)

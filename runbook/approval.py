@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from prefect import get_run_logger, pause_flow_run
+from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from pydantic import Field
+
+from runbook.errors import ApprovalError
+from runbook.record import RollbackRecord
 
 
 class Approval(RunInput):
@@ -37,3 +42,34 @@ def approval_description(
         lines.append(f"- **Changes undone:** {compare_url}")
     lines += ["", "Tick *approve* and submit to deploy; submit unticked to reject (nothing is deployed)."]
     return "\n".join(lines)
+
+
+def wait_for_approval(record: RollbackRecord, title: str, compare_url: str | None, timeout: int) -> Approval:
+    """Pause the run until a person approves or rejects it in the Prefect UI (ApprovalError unless approved)."""
+    description = approval_description(
+        record.service,
+        record.environment,
+        record.from_sha,
+        record.to_sha or "",
+        title,
+        record.image or "",
+        record.digest or "",
+        compare_url,
+    )
+    get_run_logger().info("waiting up to %d s for a person to approve the rollback (Resume in the UI)", timeout)
+    try:
+        approval = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=description), timeout=timeout, poll_interval=1
+        )
+    except FlowPauseTimeout:
+        raise ApprovalError(
+            f"nobody approved the rollback within {timeout} s: nothing was deployed",
+            hint="run it again, or without require_approval",
+        ) from None
+    if not approval.approve:
+        who = approval.approver or "someone"
+        comment = f" ({approval.comment})" if approval.comment else ""
+        raise ApprovalError(
+            f"{who} rejected the rollback{comment}: nothing was deployed", hint="choose another SHA or fix forward"
+        )
+    return approval

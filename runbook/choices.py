@@ -8,7 +8,7 @@ configured names; otherwise plain strings (validated at run time anyway). Import
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import Field
 
@@ -37,4 +37,4 @@ def choice(names: list[str]) -> Any:
 
     Not `Literal`: pydantic renders a one-name Literal as `const`, which the form shows as a fixed value.
     """
-    return Annotated[str, Field(json_schema_extra={"enum": names})] if names else str
+    return Annotated[str, Field(json_schema_extra={"enum": cast(Any, names)})] if names else str

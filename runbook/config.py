@@ -103,7 +103,10 @@ class SlackSettings(_Model):
     """How to reach Slack and what to say there."""
 
     base_url: str = "https://slack.com/api/"
-    token: SecretRef | None = None
+    token: SecretRef | None = Field(default=None, description="bot token (chat:write): threads and status updates")
+    webhook_url: SecretRef | None = Field(
+        default=None, description="incoming webhook, used when no bot token is set: no thread, no updates"
+    )
     language: Literal["fr", "en"] = "fr"
     timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -40,6 +40,20 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "Time to recovery: {seconds} s (version `{short}`, image `{digest}`)",
     },
     "run_link": {"fr": "Suivi : {url}", "en": "Run: {url}"},
+    "status_investigating": {"fr": "*Statut :* investigation en cours", "en": "*Status:* investigating"},
+    "status_rolling_back": {
+        "fr": "*Statut :* rollback vers `{short}` en cours",
+        "en": "*Status:* rolling back to `{short}`",
+    },
+    "status_recovered": {
+        "fr": ":white_check_mark: *Statut :* rétabli en {seconds} s (version `{short}`)",
+        "en": ":white_check_mark: *Status:* recovered in {seconds} s (version `{short}`)",
+    },
+    "status_failed": {
+        "fr": ":x: *Statut :* échec à l'étape {step}",
+        "en": ":x: *Status:* failed at step {step}",
+    },
+    "alert_ref": {"fr": "Alerte : {alert}", "en": "Alert: {alert}"},
     "compare_link": {"fr": "Changements annulés : {url}", "en": "Changes rolled back: {url}"},
     "deploy_link": {"fr": "Déploiement : {url}", "en": "Deployment: {url}"},
 }
@@ -98,6 +112,7 @@ class IncidentContext:
     mentions: tuple[str, ...] = ()
     run_url: str | None = None
     language: Language = "fr"
+    alert: str | None = None  # "name (link)" of the alert that started it
 
 
 def text(key: str, language: Language, **values: object) -> str:
@@ -109,16 +124,33 @@ def _lines(*lines: str | None) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def incident_message(ctx: IncidentContext) -> str:
-    """Seed message 1, the thread's root: incident detected, with who is called and why."""
+def incident_message(ctx: IncidentContext, status: str | None = None) -> str:
+    """Seed message 1, the thread's root: incident detected, who is called, why, and the current status."""
     lang = ctx.language
     return _lines(
         (" ".join(ctx.mentions) + " " if ctx.mentions else "") + text("incident", lang),
         text("context", lang, service=ctx.service, environment=ctx.environment),
         text("reason", lang, reason=ctx.reason) if ctx.reason else None,
         text("incident_ref", lang, incident=ctx.incident) if ctx.incident else None,
+        text("alert_ref", lang, alert=ctx.alert) if ctx.alert else None,
         text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+        status or text("status_investigating", lang),
     )
+
+
+def status_rolling_back(ctx: IncidentContext, sha: str) -> str:
+    """The root's status while the rollback runs."""
+    return text("status_rolling_back", ctx.language, short=sha[:7])
+
+
+def status_recovered(ctx: IncidentContext, sha: str, seconds: float) -> str:
+    """The root's status once healthy."""
+    return text("status_recovered", ctx.language, short=sha[:7], seconds=f"{seconds:.1f}")
+
+
+def status_failed(ctx: IncidentContext, step: str) -> str:
+    """The root's status after a failure."""
+    return text("status_failed", ctx.language, step=step)
 
 
 def rollback_started_message(ctx: IncidentContext, sha: str, compare_url: str | None = None) -> str:

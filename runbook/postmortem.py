@@ -50,6 +50,20 @@ def render_markdown(record: RollbackRecord) -> str:
         f"- **Trigger:** {record.trigger}",
         f"- **Reason given:** {record.reason or '-'}",
         f"- **Incident:** {record.incident or '-'}",
+    ]
+    if record.attempt > 1:
+        lines.append(f"- **Attempt:** {record.attempt} (the run was retried; the SHA, thread and deploy were reused)")
+    if record.alert:
+        labels = ", ".join(f"`{k}={v}`" for k, v in sorted((record.alert.get("labels") or {}).items()))
+        lines += [
+            "",
+            "## Alert",
+            f"- **Name:** {record.alert.get('name') or '-'}",
+            f"- **Labels:** {labels or '-'}",
+            f"- **Link:** {record.alert.get('link') or '-'}",
+            f"- **Started at:** {record.alert.get('starts_at') or _ts(record.detected_at)}",
+        ]
+    lines += [
         "",
         "## Versions",
         "| | commit | image |",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from runbook.errors import RunbookError
 
@@ -41,6 +42,8 @@ class RollbackRecord:
     started_at: datetime
     dry_run: bool = False
     run_url: str | None = None
+    alert: dict[str, Any] | None = None  # name, labels, link of the alert that started the run
+    attempt: int = 1  # the flow run's attempt: above 1 after a Retry
     from_sha: str | None = None
     to_sha: str | None = None
     sha_source: str | None = None
@@ -59,6 +62,13 @@ class RollbackRecord:
     smoke_summary: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+
+    def alert_line(self) -> str | None:
+        """`name (link)` of the triggering alert, for messages."""
+        if not self.alert:
+            return None
+        name = str(self.alert.get("name") or "alert")
+        return f"{name} ({self.alert['link']})" if self.alert.get("link") else name
 
     def note(self, event: str) -> None:
         """Add a line to the timeline, stamped now."""

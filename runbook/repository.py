@@ -176,6 +176,17 @@ def record_deployment(
         return deployment.id
 
 
+def set_deployment_status(
+    repo: Repository, deployment_id: int, *, state: str, description: str, log_url: str | None
+) -> None:
+    """Add a status to a recorded deployment (`success`, `failure`...)."""
+    with github_errors(f"updating deployment {deployment_id}", repo.full_name):
+        kwargs: dict[str, Any] = {"description": description[:140]}
+        if log_url:
+            kwargs["target_url"] = log_url  # PyGithub names the log URL target_url
+        repo.get_deployment(deployment_id).create_status(state, **kwargs)
+
+
 def first_existing(candidates: list[str], exists: Callable[[str], bool], limit: int = 5) -> str | None:
     """The first candidate for which `exists` is true, trying at most `limit`."""
     for sha in candidates[:limit]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from runbook import repository as repo_api
 from runbook.config import RunbookConfig
 from runbook.errors import RunbookError
 from runbook.targets import DeployRequest, DeployResult, build_target
@@ -49,3 +50,43 @@ def preflight_deploy(config: RunbookConfig, service_name: str, environment: str)
     detail = build_target(config, service_name, environment).preflight()
     get_run_logger().info("deploy target ready: %s", detail)
     return detail
+
+
+@task(name="open-rollout", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=120)
+def open_rollout(config: RunbookConfig, request: DeployRequest, run_url: str | None) -> int | None:
+    """Record the rollout in GitHub Deployments as `in_progress` (once per flow run); its id, or None."""
+    logger = get_run_logger()
+    service = config.service(request.service)
+    try:
+        repo = repo_api.connect(config.github, service.repository)
+        deployment_id = repo_api.record_deployment(
+            repo,
+            sha=request.sha,
+            environment=request.environment,
+            state="in_progress",
+            description=f"rollback to {request.sha[:7]} by rollback-runbook",
+            log_url=run_url,
+            payload={"digest": request.digest, "tool": "rollback-runbook", "run_id": request.run_id},
+        )
+    except RunbookError as exc:
+        # The record is for people and for tomorrow's last known good: never a reason not to roll back.
+        logger.warning("could not record the rollout in GitHub: %s", exc)
+        return None
+    logger.info("GitHub deployment %s: %s in_progress in %s", deployment_id, request.sha[:7], request.environment)
+    return deployment_id
+
+
+@task(name="close-rollout", cache_policy=NO_CACHE, timeout_seconds=120)
+def close_rollout(
+    config: RunbookConfig, service_name: str, deployment_id: int, state: str, description: str, run_url: str | None
+) -> bool:
+    """Set the rollout's final GitHub status: `success` (healthy: a known good from now on) or `failure`."""
+    service = config.service(service_name)
+    try:
+        repo = repo_api.connect(config.github, service.repository)
+        repo_api.set_deployment_status(repo, deployment_id, state=state, description=description, log_url=run_url)
+    except RunbookError as exc:
+        get_run_logger().warning("could not record the rollout's outcome in GitHub: %s", exc)
+        return False
+    get_run_logger().info("GitHub deployment %s: %s", deployment_id, state)
+    return True

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import httpx
 from prefect import get_run_logger, task
 
-from runbook import repository as repo_api
 from runbook.config import HealthSettings, Probe, RunbookConfig
-from runbook.errors import HealthCheckError, RunbookError
+from runbook.errors import HealthCheckError
 from runbook.health import ProbeResult, Verdict, judge
 from runbook.verification import run_metric_check, run_smoke_checks
 from tasks._policy import NO_CACHE
@@ -84,32 +83,6 @@ def check_health(config: RunbookConfig, service_name: str, environment: str) -> 
     for line in report.summary():
         get_run_logger().info("health: %s", line)
     return report
-
-
-@task(name="record-healthy-rollout", cache_policy=NO_CACHE, timeout_seconds=120)
-def record_healthy_rollout(
-    config: RunbookConfig, service_name: str, environment: str, sha: str, digest: str, run_url: str | None
-) -> int | None:
-    """Record the healthy rollout in GitHub Deployments (status `success`): tomorrow's last known good."""
-    logger = get_run_logger()
-    service = config.service(service_name)
-    try:
-        repo = repo_api.connect(config.github, service.repository)
-        deployment_id = repo_api.record_deployment(
-            repo,
-            sha=sha,
-            environment=environment,
-            state="success",
-            description=f"rollback to {sha[:7]} by rollback-runbook: healthy",
-            log_url=run_url,
-            payload={"digest": digest, "tool": "rollback-runbook"},
-        )
-    except RunbookError as exc:
-        # The service is healthy: failing to write the record must not turn a recovery into a failure.
-        logger.warning("could not record the healthy rollout in GitHub: %s", exc)
-        return None
-    logger.info("recorded GitHub deployment %s: %s healthy in %s", deployment_id, sha[:7], environment)
-    return deployment_id
 
 
 @task(name="metric-check", cache_policy=NO_CACHE, timeout_seconds=3600)

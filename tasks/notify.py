@@ -1,4 +1,11 @@
-"""Step 5 (seed 4): tell the team in Slack, in one thread; Slack trouble never stops a rollback."""
+"""Step 5 (seed 4): tell the team in Slack, in one thread; Slack trouble never stops a rollback.
+
+With a bot token (slack-sdk WebClient): the root message (the incident) is kept up to date with
+`chat.update`, the seed's messages are replies in its thread, the ending is broadcast to the channel.
+With only an incoming webhook: plain messages in the webhook's channel, no thread and no updates.
+A failure to post is returned as a `Posted` with an error, logged as a warning, and kept for the
+post-mortem; it never fails the task.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,13 @@ from prefect import get_run_logger, task
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
 
-from runbook.config import RunbookConfig
+from runbook.config import RunbookConfig, SlackSettings
 from runbook.errors import RunbookError
-from runbook.messages import IncidentContext
 from tasks._policy import NO_CACHE, RUN_ONCE
+
+WEBHOOK = "incoming-webhook"
 
 
 @dataclass(frozen=True)
@@ -27,95 +36,142 @@ class Posted:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def threaded(self) -> bool:
+        """Whether replies and updates can refer to it (a Web API message, not a webhook post)."""
+        return self.ok and self.ts is not None and self.channel not in (None, WEBHOOK)
+
+
+def _retries() -> list[ConnectionErrorRetryHandler | RateLimitErrorRetryHandler]:
+    # slack-sdk retries only connection errors by default; 429s wait for Retry-After here.
+    return [ConnectionErrorRetryHandler(max_retry_count=1), RateLimitErrorRetryHandler(max_retry_count=2)]
+
 
 def slack_client(config: RunbookConfig) -> WebClient:
-    """A slack-sdk client; 429s are retried after Retry-After (slack-sdk does not by default)."""
+    """A slack-sdk Web API client (bot token)."""
     settings = config.slack
-    token = settings.token.reveal().get_secret_value() if settings.token else None
-    if token is None:
-        raise RunbookError("no Slack token is configured", hint="set slack.token in the configuration")
+    if settings.token is None:
+        raise RunbookError("no Slack bot token is configured", hint="set slack.token in the configuration")
     return WebClient(
-        token=token,
+        token=settings.token.reveal().get_secret_value(),
         base_url=settings.base_url,
         timeout=int(settings.timeout_seconds),
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=1),
-            RateLimitErrorRetryHandler(max_retry_count=2),
-        ],
+        retry_handlers=_retries(),  # type: ignore[arg-type]
     )
+
+
+def _api_error(exc: SlackApiError, what: str) -> str:
+    # The error code only ("invalid_auth", "ratelimited"): never the request, which holds the token.
+    status = exc.response.status_code
+    return f"Slack refused {what}: {exc.response.get('error') if status == 200 else f'HTTP {status}'}"
+
+
+def _via_webhook(settings: SlackSettings, text: str) -> Posted:
+    assert settings.webhook_url is not None
+    client = WebhookClient(
+        settings.webhook_url.reveal().get_secret_value(),
+        timeout=int(settings.timeout_seconds),
+        retry_handlers=_retries(),  # type: ignore[arg-type]
+    )
+    response = client.send(text=text, unfurl_links=False)
+    if response.status_code != 200:
+        # Plain-text error codes (channel_not_found, no_service...): safe to show, unlike the URL.
+        return Posted(None, None, f"Slack webhook refused the message: HTTP {response.status_code} {response.body}")
+    return Posted(WEBHOOK, None)
 
 
 def post(
     config: RunbookConfig, channel: str, text: str, thread: Posted | None = None, broadcast: bool = False
 ) -> Posted:
     """Post one message (a reply when `thread` is given); failures come back as a `Posted` with an error."""
-    thread_ts = thread.ts if thread and thread.ok else None
     try:
-        client = slack_client(config)
+        if config.slack.token is None and config.slack.webhook_url is not None:
+            return _via_webhook(config.slack, text)
         kwargs: dict[str, object] = {"channel": channel, "text": text, "unfurl_links": False}
-        if thread_ts:
-            kwargs["thread_ts"] = thread_ts
+        if thread is not None and thread.threaded:
+            kwargs["thread_ts"] = thread.ts
             kwargs["reply_broadcast"] = broadcast
-        response = client.chat_postMessage(**kwargs)  # type: ignore[arg-type]
+        response = slack_client(config).chat_postMessage(**kwargs)  # type: ignore[arg-type]
     except SlackApiError as exc:
-        # The error code only ("invalid_auth", "ratelimited"): never the request, which holds the token.
-        status = exc.response.status_code
-        code = exc.response.get("error") if status == 200 else f"HTTP {status}"
-        error = f"Slack refused the message: {code}"
+        return Posted(None, None, _api_error(exc, "the message"))
     except (SlackClientError, OSError) as exc:
-        error = f"Slack unreachable: {type(exc).__name__}"
+        return Posted(None, None, f"Slack unreachable: {type(exc).__name__}")
     except RunbookError as exc:
-        error = str(exc)
-    else:
-        return Posted(str(response["channel"]), str(response["ts"]))
-    return Posted(None, None, error)
+        return Posted(None, None, str(exc))
+    return Posted(str(response["channel"]), str(response["ts"]))
 
 
-def _posted(posted: Posted, text: str) -> Posted:
+def update(config: RunbookConfig, message: Posted, text: str) -> Posted:
+    """Rewrite a posted message in place (the incident's root, with the current status)."""
+    if not message.threaded:
+        return Posted(None, None, "no message to update (webhook mode, or the root was not posted)")
+    try:
+        response = slack_client(config).chat_update(channel=str(message.channel), ts=str(message.ts), text=text)
+    except SlackApiError as exc:
+        return Posted(None, None, _api_error(exc, "the update"))
+    except (SlackClientError, OSError) as exc:
+        return Posted(None, None, f"Slack unreachable: {type(exc).__name__}")
+    except RunbookError as exc:
+        return Posted(None, None, str(exc))
+    return Posted(str(response["channel"]), str(response["ts"]))
+
+
+def _logged(posted: Posted, text: str) -> Posted:
     if not posted.ok:
         first_line = text.splitlines()[0] if text else ""
         get_run_logger().warning("%s; the rollback goes on without it. Message was: %s", posted.error, first_line)
     return posted
 
 
-def _channel(config: RunbookConfig, ctx: IncidentContext) -> str:
-    return config.service(ctx.service).slack.channel
+def _channel(config: RunbookConfig, service_name: str) -> str:
+    return config.service(service_name).slack.channel
 
 
 @task(name="notify-incident", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=60)
-def notify_incident(config: RunbookConfig, ctx: IncidentContext, text: str) -> Posted:
+def notify_incident(config: RunbookConfig, service_name: str, text: str) -> Posted:
     """Seed message 1, the root of the incident's thread (once per flow run, even when retried)."""
-    return _posted(post(config, _channel(config, ctx), text), text)
+    return _logged(post(config, _channel(config, service_name), text), text)
+
+
+@task(name="notify-status", cache_policy=NO_CACHE, timeout_seconds=60)
+def notify_status(config: RunbookConfig, root: Posted, text: str) -> Posted:
+    """Update the root message with the current status (chat.update)."""
+    return _logged(update(config, root, text), text)
 
 
 @task(name="notify-rollback-started", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=60)
-def notify_rollback_started(config: RunbookConfig, ctx: IncidentContext, thread: Posted, text: str) -> Posted:
+def notify_rollback_started(config: RunbookConfig, service_name: str, root: Posted, text: str) -> Posted:
     """Seed message 2, in the thread: the rollback starts towards a SHA."""
-    return _posted(post(config, _channel(config, ctx), text, thread), text)
+    return _logged(post(config, _channel(config, service_name), text, root), text)
 
 
 @task(name="notify-outcome", cache_policy=NO_CACHE, timeout_seconds=60)
-def notify_outcome(config: RunbookConfig, ctx: IncidentContext, thread: Posted, text: str) -> Posted:
+def notify_outcome(config: RunbookConfig, service_name: str, root: Posted, text: str) -> Posted:
     """Seed message 3 (or the escalation), in the thread and broadcast to the channel."""
-    return _posted(post(config, _channel(config, ctx), text, thread, broadcast=True), text)
-
-
-@task(name="check-slack", cache_policy=NO_CACHE, timeout_seconds=60)
-def check_slack(config: RunbookConfig) -> str | None:
-    """Check, without posting, that the Slack token works (auth.test); the problem, or None."""
-    try:
-        slack_client(config).auth_test()
-    except SlackApiError as exc:
-        status = exc.response.status_code
-        return f"Slack refused the token: {exc.response.get('error') if status == 200 else f'HTTP {status}'}"
-    except (SlackClientError, OSError) as exc:
-        return f"Slack unreachable: {type(exc).__name__}"
-    except RunbookError as exc:
-        return str(exc)
-    return None
+    return _logged(post(config, _channel(config, service_name), text, root, broadcast=True), text)
 
 
 @task(name="notify-channel", cache_policy=NO_CACHE, timeout_seconds=60)
 def notify_channel(config: RunbookConfig, service_name: str, text: str) -> Posted:
     """One message in the service's channel, outside any incident thread (rehearsal reports)."""
-    return _posted(post(config, config.service(service_name).slack.channel, text), text)
+    return _logged(post(config, _channel(config, service_name), text), text)
+
+
+@task(name="check-slack", cache_policy=NO_CACHE, timeout_seconds=60)
+def check_slack(config: RunbookConfig) -> str | None:
+    """Check, without posting, that Slack would accept messages (auth.test); the problem, or None."""
+    if config.slack.token is None and config.slack.webhook_url is not None:
+        try:
+            config.slack.webhook_url.reveal()
+        except RunbookError as exc:
+            return str(exc)
+        return None  # an incoming webhook cannot be tested without posting
+    try:
+        slack_client(config).auth_test()
+    except SlackApiError as exc:
+        return _api_error(exc, "the token")
+    except (SlackClientError, OSError) as exc:
+        return f"Slack unreachable: {type(exc).__name__}"
+    except RunbookError as exc:
+        return str(exc)
+    return None

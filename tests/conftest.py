@@ -13,6 +13,8 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# Links to the run (Slack, post-mortem, GitHub deployment log URL) are built from the UI's address.
+os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
 
 import pytest  # noqa: E402
 

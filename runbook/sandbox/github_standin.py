@@ -449,6 +449,7 @@ class GitHubStandIn:
                             "state": s.state,
                             "description": s.description,
                             "environment": s.environment,
+                            "log_url": s.target_url,
                         }
                         for s in reversed(d.statuses)
                     ],

@@ -121,6 +121,7 @@ class SlackStandIn:
         given = channels if channels is not None else {"#incidents-prod": "C0INCIDENT1"}
         self._channels = {name.lstrip("#"): channel_id for name, channel_id in given.items()}
         self._echo = echo
+        self._webhook_secret = "sandboxwebhooksecret0001"
         # Called with every posted message: lets a test play the person who reads the channel and acts.
         self.on_message: Callable[[SlackMessage], object] | None = None
         self._lock = threading.Lock()
@@ -219,7 +220,10 @@ class SlackStandIn:
                 args.update(json.loads(raw))
             elif raw:
                 args.update(parse_qsl(raw.decode("utf-8")))
-            status, headers, body = self._respond(method, handler.headers.get("Authorization") or "", args, lines)
+            if split.path.startswith("/services/"):
+                status, headers, body = self._incoming_webhook(split.path, args, lines)
+            else:
+                status, headers, body = self._respond(method, handler.headers.get("Authorization") or "", args, lines)
         except ValueError:
             # Undecodable JSON or form data (JSONDecodeError and UnicodeDecodeError are ValueErrors).
             status, headers, body = 200, {}, json.dumps(_error("invalid_form_data")).encode()
@@ -269,6 +273,35 @@ class SlackStandIn:
             else:
                 result = _error("unknown_method")
             return 200, {}, json.dumps(result).encode()
+
+    # --- incoming webhook (no token, no thread: plain-text answers, errors by status) ---
+
+    @property
+    def webhook_url(self) -> str:
+        """The incoming-webhook URL of the first channel; its last part is the secret."""
+        return self.base_url.removesuffix("api/") + f"services/T0SANDBOX1/B0SANDBOX1/{self._webhook_secret}"
+
+    def _incoming_webhook(self, path: str, args: dict[str, Any], lines: list[str]) -> tuple[int, dict[str, str], bytes]:
+        plain = {"Content-Type": "text/plain; charset=utf-8"}
+        with self._lock:
+            self._counts["incoming-webhook"] += 1
+            if self._down:
+                return 500, plain, b"rollup_error"
+            if self._rate_limited > 0:
+                self._rate_limited -= 1
+                return 429, {**plain, "Retry-After": str(self._retry_after)}, b"rate_limited"
+            if path != f"/services/T0SANDBOX1/B0SANDBOX1/{self._webhook_secret}":
+                return 404, plain, b"no_service"
+            text = self._text(args)
+            if text is None:
+                return 400, plain, b"invalid_payload"
+            channel_id = next(iter(self._channels.values()))
+            message = SlackMessage(channel_id, self._next_ts(), text, None, False)
+            self._messages.append(message)
+            lines.append(f"[{self._channel_name(channel_id)}] (webhook) {_one_line(text)}")
+        if self.on_message is not None:
+            self.on_message(message)
+        return 200, plain, b"ok"
 
     # --- methods ---
 

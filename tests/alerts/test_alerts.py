@@ -409,16 +409,19 @@ def test_firing_group_starts_one_rollback_for_its_alerts(app: FastAPI, launcher:
     assert (second["fingerprint"], second["decision"]) == ("554baf638e4e79b9", "already-running")
     assert first["run_id"] == second["run_id"] is not None
     assert (first["service"], first["environment"]) == ("checkout", "production")
-    assert launcher.requests == [
-        RollbackRequest(
-            "checkout",
-            "production",
-            "HighErrorRate: checkout 5xx ratio above 5%",
-            FIRING_START,
-            FIRING_LINK,
-            "3f40106c17c8ba42",
-        )
-    ]
+    [request] = launcher.requests
+    assert request == RollbackRequest(
+        "checkout",
+        "production",
+        "HighErrorRate: checkout 5xx ratio above 5%",
+        FIRING_START,
+        FIRING_LINK,
+        "3f40106c17c8ba42",
+        "HighErrorRate",
+        request.alert_labels,
+    )
+    labels = dict(request.alert_labels)
+    assert (labels["alertname"], labels["service"], labels["severity"]) == ("HighErrorRate", "checkout", "critical")
 
 
 def test_repeat_notification_answers_the_running_rollback(app: FastAPI, launcher: RecordingLauncher) -> None:

@@ -158,7 +158,9 @@ def test_health_never_passes_escalates(sandbox: Sandbox) -> None:
     assert "health-check" in failure.text and "escalader" in failure.text and failure.reply_broadcast
     assert "FAILED at step `health-check`" in postmortem_of(state)
     # Not recorded healthy: the failed version must never become a "last known good".
-    assert sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]["sha"] == sandbox.commits.broken
+    attempt = sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]
+    assert attempt["sha"] == sandbox.commits.last_known_good
+    assert [s["state"] for s in attempt["statuses"]] == ["failure", "in_progress"]
 
 
 def test_slack_down_does_not_block_the_rollback(sandbox: Sandbox) -> None:

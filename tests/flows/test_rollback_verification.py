@@ -88,4 +88,6 @@ def test_a_high_error_rate_fails_the_rollback_naming_query_values_and_threshold(
     failure = sandbox.slack.messages[-1].text
     assert "*metric-check*" in failure and "http_requests_total" in failure and "0.05" in failure
     # Not recorded healthy in GitHub: a rollback that did not bring the error rate down is no "known good".
-    assert sandbox.github.deployments("acme/shop", ENVIRONMENT)[0]["sha"] == sandbox.commits.broken
+    attempt = sandbox.github.deployments("acme/shop", ENVIRONMENT)[0]
+    assert attempt["sha"] == sandbox.commits.last_known_good
+    assert [s["state"] for s in attempt["statuses"]] == ["failure", "in_progress"]

@@ -77,20 +77,22 @@ def served(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         config = sandbox.write_config(data, "served.yaml")
         port = free_port()
         log = workdir / "serve.log"
-        env = server_env(
-            str(workdir / "prefect-home"), PREFECT_API_URL=prefect_api, RUNBOOK_ALERT_TOKEN=ALERT_TOKEN
-        )
+        env = server_env(str(workdir / "prefect-home"), PREFECT_API_URL=prefect_api, RUNBOOK_ALERT_TOKEN=ALERT_TOKEN)
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         alerts_url = f"http://127.0.0.1:{port}"
         try:
             _wait(lambda: httpx.get(f"{alerts_url}/healthz", timeout=1).status_code == 200, 90, "the alert endpoint")
             _wait(
                 lambda: httpx.get(f"{prefect_api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
-                90, "the rollback deployment",
+                90,
+                "the rollback deployment",
             )
             yield Served(prefect_api, sandbox, alerts_url, process, log)
         finally:

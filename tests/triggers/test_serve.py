@@ -71,14 +71,25 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
 
 def test_prefect_deploy_all_with_a_process_work_pool(served: Served, tmp_path: Any) -> None:
     """`prefect deploy --all` from prefect.yaml works, and the form offers the configured services as choices."""
-    env = server_env(str(tmp_path / "home"), PREFECT_API_URL=served.api, RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
-                     RUNBOOK_PROJECT_DIR=str(ROOT))
+    env = server_env(
+        str(tmp_path / "home"),
+        PREFECT_API_URL=served.api,
+        RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
+        RUNBOOK_PROJECT_DIR=str(ROOT),
+    )
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    pool = subprocess.run([*prefect, "work-pool", "create", "runbook", "--type", "process"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    pool = subprocess.run(
+        [*prefect, "work-pool", "create", "runbook", "--type", "process"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stdout + pool.stderr
-    deploy = subprocess.run([*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    deploy = subprocess.run(
+        [*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     dep = api("GET", f"{served.api}/deployments/name/rollback/rollback").json()
     properties = dep["parameter_openapi_schema"]["properties"]
@@ -88,4 +99,3 @@ def test_prefect_deploy_all_with_a_process_work_pool(served: Served, tmp_path: A
     rehearsal = api("GET", f"{served.api}/deployments/name/rehearsal/rehearsal-shop-staging").json()
     assert rehearsal["parameters"]["mode"] == "drill" and rehearsal["work_pool_name"] == "runbook"
     assert rehearsal["schedules"][0]["schedule"]["cron"] == "0 9 * * 2"
-

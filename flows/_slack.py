@@ -1,0 +1,66 @@
+"""How the rollback flow talks to Slack: one thread per run, its root kept up to date, each post recorded."""
+
+from __future__ import annotations
+
+from runbook import messages
+from runbook.config import RunbookConfig
+from runbook.record import RollbackRecord
+from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started, notify_status
+
+_NOTHING = Posted(None, None, "nothing posted (dry run or notify off)")
+
+
+class Announcer:
+    """The seed's communication (section 4) for one run; silent when `enabled` is false (dry run, drills)."""
+
+    def __init__(
+        self, config: RunbookConfig, record: RollbackRecord, ctx: messages.IncidentContext, enabled: bool
+    ) -> None:
+        self._config = config
+        self._record = record
+        self._ctx = ctx
+        self._enabled = enabled
+        self._root = _NOTHING
+        self._webhook_warned = False
+
+    def incident(self) -> None:
+        """Seed message 1: the thread's root."""
+        if self._enabled:
+            self._root = self._kept(
+                notify_incident(self._config, self._ctx.service, messages.incident_message(self._ctx))
+            )
+
+    def rollback_started(self, sha: str, compare_url: str | None) -> None:
+        """Seed message 2, and the root's status: rolling back to SHA."""
+        if self._enabled:
+            self._status(messages.status_rolling_back(self._ctx, sha))
+            text = messages.rollback_started_message(self._ctx, sha, compare_url)
+            self._kept(notify_rollback_started(self._config, self._ctx.service, self._root, text))
+
+    def recovered(self, sha: str, digest: str, seconds: float, deploy_url: str | None) -> None:
+        """Seed message 3, broadcast, and the root's status: recovered in N s."""
+        if self._enabled:
+            self._status(messages.status_recovered(self._ctx, sha, seconds))
+            text = messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url)
+            self._kept(notify_outcome(self._config, self._ctx.service, self._root, text))
+
+    def failed(self, step: str, reason: str) -> None:
+        """The escalation, broadcast, and the root's status: failed at step X."""
+        if self._enabled:
+            self._status(messages.status_failed(self._ctx, step))
+            text = messages.failure_message(self._ctx, step, reason)
+            self._kept(notify_outcome(self._config, self._ctx.service, self._root, text))
+
+    def _status(self, status: str) -> None:
+        if self._root.threaded:
+            self._kept(notify_status(self._config, self._root, messages.incident_message(self._ctx, status)))
+
+    def _kept(self, posted: Posted) -> Posted:
+        if not posted.ok:
+            self._record.warn(f"Slack: {posted.error}")
+        elif not posted.threaded and not self._webhook_warned:
+            self._webhook_warned = True
+            self._record.warn("Slack: posting through an incoming webhook: no thread and no status updates")
+        else:
+            self._record.note("Slack updated")
+        return posted

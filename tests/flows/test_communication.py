@@ -1,0 +1,156 @@
+"""Issue 5, communication and record: the Slack thread, the GitHub deployment record, events, no secret leaks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+from prefect.settings import PREFECT_API_URL
+
+from flows.rollback import rollback
+from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
+        yield world
+
+
+def _run(sandbox: Sandbox, config: Path | None = None, **parameters: Any) -> Any:
+    return rollback(
+        service=SERVICE,
+        environment=ENVIRONMENT,
+        config_path=str(config or sandbox.config_path),
+        return_state=True,
+        **parameters,
+    )
+
+
+def test_the_root_message_tracks_the_status_and_the_thread_links_everything(sandbox: Sandbox) -> None:
+    state = _run(sandbox, reason="5xx spike")
+    assert state.is_completed(), state.message
+    good = sandbox.commits.last_known_good
+    root, started, ended = sandbox.slack.messages
+    assert "investigation en cours" in root.text and "<!subteam^S0DEVTEAM> <@U0PRODUCTOWNER>" in root.text
+    assert [u.splitlines()[-1] for u in root.updates] == [
+        f"*Statut :* rollback vers `{good[:7]}` en cours",
+        root.updates[-1].splitlines()[-1],
+    ]
+    assert root.updates[-1].splitlines()[-1].startswith(":white_check_mark: *Statut :* rétabli en ")
+    run_url = f"http://127.0.0.1:4200/runs/flow-run/{state.state_details.flow_run_id}"
+    assert run_url in root.text and run_url in ended.text
+    assert f"/compare/{good[:12]}...{sandbox.commits.broken[:12]}" in started.text  # the changes rolled back
+    assert "/actions/runs/" in ended.text and ended.reply_broadcast  # the deploy, to everyone
+
+
+def test_a_failure_sets_the_root_status(sandbox: Sandbox) -> None:
+    sandbox.workflow_fails = True
+    assert _run(sandbox).is_failed()
+    root = sandbox.slack.messages[0]
+    assert root.updates[-1].splitlines()[-1] == ":x: *Statut :* échec à l'étape deploy"
+
+
+def test_the_rollout_is_recorded_in_github_deployments(sandbox: Sandbox) -> None:
+    state = _run(sandbox)
+    assert state.is_completed(), state.message
+    rollout = sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]
+    assert rollout["sha"] == sandbox.commits.last_known_good
+    assert [s["state"] for s in rollout["statuses"]] == ["success", "in_progress"]
+    run_url = f"http://127.0.0.1:4200/runs/flow-run/{state.state_details.flow_run_id}"
+    assert {s["log_url"] for s in rollout["statuses"]} == {run_url}
+    # GitHub's own rule: the previous successful deployment becomes inactive.
+    assert sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[1]["state"] == "inactive"
+
+
+def test_english_and_an_incoming_webhook_without_a_bot_token(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOK_TEST_SLACK_WEBHOOK", sandbox.slack.webhook_url)
+    data = sandbox.config_data()
+    data["slack"] = {"webhook_url": {"env": "RUNBOOK_TEST_SLACK_WEBHOOK"}, "language": "en"}
+    state = _run(sandbox, sandbox.write_config(data, "webhook.yaml"))
+    assert state.is_completed(), state.message
+    texts = [m.text for m in sandbox.slack.messages]
+    assert len(texts) == 3 and all(m.thread_ts is None for m in sandbox.slack.messages)
+    assert texts[0].startswith("<!subteam^S0DEVTEAM> <@U0PRODUCTOWNER> Production incident detected.")
+    assert texts[1].startswith("Starting the rollback procedure to version")
+    assert texts[2].startswith("Rollback finished. The system is operational again.")
+    assert "no thread and no status updates" in state.result().postmortem
+
+
+def _events(prefix: str, resource: str) -> list[dict[str, Any]]:
+    body = {"filter": {"event": {"prefix": [prefix]}, "any_resource": {"id": [resource]}}, "limit": 50}
+    answer = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=10)
+    answer.raise_for_status()
+    return list(answer.json()["events"])
+
+
+def test_events_for_automations(sandbox: Sandbox) -> None:
+    since = datetime.now(UTC).isoformat()
+    state = _run(sandbox)
+    assert state.is_completed()
+    sandbox.workflow_fails = True
+    assert _run(sandbox, sha=sandbox.commits.all[0]).is_failed()
+    deadline = time.monotonic() + 20
+    names: list[str] = []
+    while time.monotonic() < deadline:
+        events = _events("runbook.rollback.", "runbook.service.shop.production")
+        names = sorted(e["event"] for e in events if e["occurred"] >= since)
+        if {"runbook.rollback.succeeded", "runbook.rollback.failed"} <= set(names):
+            break
+        time.sleep(0.5)
+    assert names.count("runbook.rollback.started") >= 2
+    assert {"runbook.rollback.succeeded", "runbook.rollback.failed"} <= set(names)
+    event = next(e for e in _events("runbook.rollback.failed", "runbook.service.shop.production"))
+    assert event["resource"]["runbook.service"] == "shop" and event["resource"]["runbook.environment"] == "production"
+    assert event["payload"]["step"] == "deploy"
+
+
+def test_planted_secrets_never_leak(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secrets in the configuration appear in no log line, artifact, Slack message or result of a run."""
+    registry_password = "registry-password-PLANTED-7f3a"
+    monkeypatch.setenv("RUNBOOK_TEST_REGISTRY_PASSWORD", registry_password)
+    data = sandbox.config_data()
+    data["registries"][0].update({"username": "ci", "password": {"env": "RUNBOOK_TEST_REGISTRY_PASSWORD"}})
+    config = sandbox.write_config(data, "secrets.yaml")
+    secrets = [sandbox.github_token, sandbox.slack_token, registry_password]
+    caplog.set_level(logging.DEBUG)
+
+    states = [_run(sandbox, config)]
+    sandbox.workflow_fails = True  # and a failed run, whose messages carry error details
+    states.append(_run(sandbox, config, sha=sandbox.commits.all[0]))
+    sandbox.slack.set_down(True)
+    states.append(_run(sandbox, config, sha=sandbox.commits.all[1]))
+
+    assert [s.type.value for s in states] == ["COMPLETED", "FAILED", "FAILED"]
+    with get_client(sync_client=True) as client:
+        texts = [r.getMessage() for r in caplog.records] + [str(s.message) for s in states]
+        for s in states:
+            run_id = s.state_details.flow_run_id
+            texts += [
+                log.message
+                for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            ]
+            texts += [
+                str(a.data)
+                for a in client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+                )
+            ]
+    texts += [m.text for m in sandbox.slack.messages] + [u for m in sandbox.slack.messages for u in m.updates]
+    texts += [str(r.body) for r in sandbox.github.requests]
+    assert len(texts) > 50  # the scan saw the run's words
+    for secret in secrets:
+        leaks = [t for t in texts if secret in t]
+        assert leaks == [], f"secret found in: {leaks[:3]}"

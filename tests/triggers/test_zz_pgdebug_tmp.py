@@ -1,0 +1,113 @@
+"""`runbook serve` on a real Prefect server backed by PostgreSQL: a run created through the API completes.
+
+The same check as `test_a_run_created_through_the_api_completes` (test_serve.py, SQLite), with the server's
+state in a throwaway PostgreSQL cluster (`runbook.sandbox.postgres`), as a shared installation would run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from runbook.sandbox.postgres import PostgresServer
+from runbook.sandbox.world import Sandbox
+from runbook.serve import local_prefect_server
+from tests.triggers.conftest import ROOT, Served, _wait, free_port, server_env
+from tests.triggers.test_serve import create_run, wait_terminal
+
+# The setting Prefect 3.9 reads (PREFECT_API_DATABASE_CONNECTION_URL is its older alias, also accepted).
+DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of one query, read straight from PostgreSQL (not through Prefect)."""
+
+    async def fetch() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return list(await connection.fetch(sql, *args))
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
+
+
+@contextmanager
+def serving(api: str, sandbox: Sandbox, workdir: Path) -> Iterator[Served]:
+    """`runbook serve` against `api` for the sandbox's configuration (as the `served` fixture starts it)."""
+    config = sandbox.write_config(sandbox.config_data(), "served.yaml")
+    log = workdir / "serve.log"
+    env = server_env(str(workdir / "serve-home"), PREFECT_API_URL=api)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait(
+            lambda: httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
+            90, f"the rollback deployment; serve log:\n{log.read_text()[-3000:]}",
+        )  # fmt: skip
+        yield Served(api, sandbox, "", process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -> None:
+    server_home = tmp_path / "server-home"
+    with (
+        PostgresServer() as pg,
+        local_prefect_server(
+            port=free_port(), env=server_env(str(server_home), **{DATABASE_URL_SETTING: pg.url}), timeout=120
+        ) as api,
+    ):
+        # The server migrated PostgreSQL, and kept no SQLite database on the side.
+        assert query(pg.dsn, "select count(*) from flow_run")[0][0] == 0
+        assert not (server_home / "prefect.db").exists(), list(server_home.iterdir())
+
+        with (
+            Sandbox(tmp_path / "sandbox", run_step_seconds=0.05) as sandbox,
+            serving(api, sandbox, tmp_path) as served,
+        ):
+            before = len(sandbox.github.dispatches())
+            created = time.monotonic()
+            run_id = create_run(served, {"service": "shop", "environment": "production", "reason": "postgres"})
+            run = wait_terminal(served, run_id)
+            elapsed = time.monotonic() - created
+            assert run["state"]["type"] == "COMPLETED", (run["state"], served.log.read_text()[-3000:])
+            assert len(sandbox.github.dispatches()) == before + 1
+            assert sandbox.app.version == sandbox.commits.last_known_good
+            assert httpx.get(f"{sandbox.app.url}/health", timeout=5).status_code == 200
+
+        rows = query(
+            pg.dsn,
+            "select fr.state_type::text, fr.parameters::text, d.name from flow_run fr"
+            " join deployment d on d.id = fr.deployment_id where fr.id = $1::uuid",
+            run_id,
+        )
+        print(
+            query(
+                pg.dsn,
+                "select type::text, name, message, timestamp from flow_run_state where flow_run_id = $1::uuid order by timestamp",
+                run_id,
+            )
+        )
+        assert len(rows) == 1, rows
+        state_type, parameters, deployment = rows[0]
+        assert (state_type, deployment) == ("COMPLETED", "rollback"), rows[0]
+        assert '"reason": "postgres"' in parameters, parameters
+        print(f"API-created run on PostgreSQL: {elapsed:.1f} s from creation to Completed")
