@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.rollback import RollbackSummary, rollback
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import RunbookError
+from runbook.events import emit
 from runbook.postmortem import artifact_key
 from runbook.record import describe_error, utcnow
 from tasks._policy import NO_CACHE
@@ -124,6 +125,14 @@ def rehearsal(
         description=f"Rehearsal ({mode}): {'ready' if report.ready else 'not ready'}",
     )
     get_run_logger().info(report.summary())
+    failed = [name for name, ok, _ in report.checks if not ok]
+    emit(
+        "rehearsal",
+        "ready" if report.ready else "not-ready",
+        service,
+        environment,
+        {"mode": mode, "failed_checks": failed, "timings": report.timings},
+    )
     if notify == "always" or (notify == "on-problem" and not report.ready):
         notify_channel(config, service, report.summary())
     return report

@@ -29,6 +29,7 @@ from runbook.config import RunbookConfig, load_config
 from runbook.events import emit
 from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
+from runbook.retries import collect_retries
 from runbook.targets import DeployRequest
 from tasks.deploy import close_rollout, deploy, finish_deploy, open_rollout, preflight_deploy
 from tasks.health_check import check_health, check_metric, check_smoke
@@ -149,8 +150,9 @@ def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> Ro
     if not options.dry_run:
         emit("rollback", "started", service, environment, {"trigger": record.trigger, "reason": record.reason})
     try:
-        slack.incident()
-        _procedure(config, record, slack, options)
+        with collect_retries(record):
+            slack.incident()
+            _procedure(config, record, slack, options)
     except Exception as exc:
         step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
         record.fail(step, describe_error(exc))

@@ -94,6 +94,8 @@ def render_markdown(record: RollbackRecord) -> str:
         lines += [f"- {line}" for line in record.smoke_summary]
     if record.approval:
         lines += ["", "## Approval", f"- approved by {record.approval}"]
+    lines += ["", "## Retries"]
+    lines += [f"- {line}" for line in record.retries] or ["- none: every call answered the first time"]
     if record.warnings:
         lines += ["", "## Warnings"]
         lines += [f"- {w}" for w in record.warnings]

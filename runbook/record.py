@@ -61,6 +61,7 @@ class RollbackRecord:
     metric_summary: list[str] = field(default_factory=list)
     smoke_summary: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
 
     def alert_line(self) -> str | None:

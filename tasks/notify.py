@@ -9,12 +9,17 @@ post-mortem; it never fails the task.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from runbook.config import RunbookConfig, SlackSettings
@@ -42,9 +47,38 @@ class Posted:
         return self.ok and self.ts is not None and self.channel not in (None, WEBHOOK)
 
 
-def _retries() -> list[ConnectionErrorRetryHandler | RateLimitErrorRetryHandler]:
-    # slack-sdk retries only connection errors by default; 429s wait for Retry-After here.
-    return [ConnectionErrorRetryHandler(max_retry_count=1), RateLimitErrorRetryHandler(max_retry_count=2)]
+log = logging.getLogger("runbook.slack")
+
+
+class _SaysRetries:
+    """Logs each retry on `runbook.slack` (slack-sdk itself only says so at DEBUG), for the post-mortem."""
+
+    def prepare_for_next_attempt(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        why = f"HTTP {response.status_code}" if response is not None else type(error).__name__
+        log.info("%s: retry %d of the %s call", why, state.current_attempt + 1, request.url.rsplit("/", 1)[-1])
+        super().prepare_for_next_attempt(  # type: ignore[misc]
+            state=state, request=request, response=response, error=error
+        )
+
+
+class _RateLimitRetries(_SaysRetries, RateLimitErrorRetryHandler):
+    """429: wait for Retry-After, then retry (slack-sdk does not by default)."""
+
+
+class _ConnectionRetries(_SaysRetries, ConnectionErrorRetryHandler):
+    """A dropped connection: retry once."""
+
+
+def _retries() -> list[RetryHandler]:
+    # Never the webhook's URL in a log line: it is a secret; `request.url` is only read for its last part.
+    return [_ConnectionRetries(max_retry_count=1), _RateLimitRetries(max_retry_count=2)]
 
 
 def slack_client(config: RunbookConfig) -> WebClient:
@@ -56,7 +90,7 @@ def slack_client(config: RunbookConfig) -> WebClient:
         token=settings.token.reveal().get_secret_value(),
         base_url=settings.base_url,
         timeout=int(settings.timeout_seconds),
-        retry_handlers=_retries(),  # type: ignore[arg-type]
+        retry_handlers=_retries(),
     )
 
 
@@ -71,7 +105,7 @@ def _via_webhook(settings: SlackSettings, text: str) -> Posted:
     client = WebhookClient(
         settings.webhook_url.reveal().get_secret_value(),
         timeout=int(settings.timeout_seconds),
-        retry_handlers=_retries(),  # type: ignore[arg-type]
+        retry_handlers=_retries(),
     )
     response = client.send(text=text, unfurl_links=False)
     if response.status_code != 200:

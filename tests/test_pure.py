@@ -93,25 +93,45 @@ def _record(outcome: str) -> RollbackRecord:
 
 
 def test_postmortem_of_a_recovery_has_every_section() -> None:
-    markdown = render_markdown(_record("recovered"))
+    record = _record("recovered")
+    record.alert = {
+        "name": "HighErrorRate",
+        "labels": {"service": "shop", "severity": "critical"},
+        "link": "http://prometheus/graph?g0",
+    }
+    record.approval = "alice: looks right"
+    record.metric_summary = ["ratio 0.001 < 0.01 for 30 s", "samples: 0.002, 0.001, 0.001"]
+    record.smoke_summary = ["cart: HTTP 200 in 12 ms"]
+    record.retries = ["03:00:12 registry: HTTP 429; retrying in 1.0 s"]
+    record.attempt = 2
+    markdown = render_markdown(record)
     for section in (
         "## Summary",
+        "## Alert",
         "## Versions",
         "## Timeline",
         "## Steps",
         "## Health results",
+        "## Error rate (metric check)",
+        "## Smoke checks (key features)",
+        "## Approval",
+        "## Retries",
         "## Links",
         "## Review checklist",
     ):
-        assert section in markdown
+        assert section in markdown, section
     assert "Time to recovery:** 42.0 s" in markdown and f"`{D}`" in markdown and f"`{C}`" in markdown
     assert "Trigger:** alert" in markdown and "INC-7" in markdown and "actions/runs/1" in markdown
+    assert "`service=shop`" in markdown and "HighErrorRate" in markdown and "approved by alice" in markdown
+    assert "Attempt:** 2" in markdown and "HTTP 429; retrying" in markdown and "samples: 0.002" in markdown
 
 
 def test_postmortem_of_a_failure_names_the_step() -> None:
     record = _record("failed")
     markdown = render_markdown(record)
     assert "FAILED at step `health-check`" in markdown and "not recovered" in markdown
+    assert "Reason of failure:** not healthy after 300 s" in markdown and "## Retries" in markdown
+    assert "## Alert" not in markdown and "## Approval" not in markdown  # only what happened
     assert [row["step"] for row in timings_table(record)] == ["resolve-sha", "health-check"]
     assert [row["state"] for row in timings_table(record)] == ["completed", "failed"]
 

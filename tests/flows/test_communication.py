@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
-from prefect.settings import PREFECT_API_URL
 
 from flows.rollback import rollback
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from tests.support.prefect_events import read_events, wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -87,30 +85,21 @@ def test_english_and_an_incoming_webhook_without_a_bot_token(sandbox: Sandbox, m
     assert "no thread and no status updates" in state.result().postmortem
 
 
-def _events(prefix: str, resource: str) -> list[dict[str, Any]]:
-    body = {"filter": {"event": {"prefix": [prefix]}, "any_resource": {"id": [resource]}}, "limit": 50}
-    answer = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=10)
-    answer.raise_for_status()
-    return list(answer.json()["events"])
-
-
 def test_events_for_automations(sandbox: Sandbox) -> None:
     since = datetime.now(UTC).isoformat()
     state = _run(sandbox)
     assert state.is_completed()
     sandbox.workflow_fails = True
     assert _run(sandbox, sha=sandbox.commits.all[0]).is_failed()
-    deadline = time.monotonic() + 20
-    names: list[str] = []
-    while time.monotonic() < deadline:
-        events = _events("runbook.rollback.", "runbook.service.shop.production")
-        names = sorted(e["event"] for e in events if e["occurred"] >= since)
-        if {"runbook.rollback.succeeded", "runbook.rollback.failed"} <= set(names):
-            break
-        time.sleep(0.5)
+    names = wait_for_events(
+        "runbook.rollback.",
+        "runbook.service.shop.production",
+        since,
+        {"runbook.rollback.succeeded", "runbook.rollback.failed"},
+    )
     assert names.count("runbook.rollback.started") >= 2
     assert {"runbook.rollback.succeeded", "runbook.rollback.failed"} <= set(names)
-    event = next(e for e in _events("runbook.rollback.failed", "runbook.service.shop.production"))
+    event = next(e for e in read_events("runbook.rollback.failed", "runbook.service.shop.production"))
     assert event["resource"]["runbook.service"] == "shop" and event["resource"]["runbook.environment"] == "production"
     assert event["payload"]["step"] == "deploy"
 
@@ -154,3 +143,13 @@ def test_planted_secrets_never_leak(
     for secret in secrets:
         leaks = [t for t in texts if secret in t]
         assert leaks == [], f"secret found in: {leaks[:3]}"
+
+
+def test_retries_are_in_the_postmortem(sandbox: Sandbox) -> None:
+    sandbox.slack.rate_limit_next(1, retry_after=0)  # the first Slack call is rate limited once
+    state = _run(sandbox)
+    assert state.is_completed(), state.message
+    markdown = state.result().postmortem
+    retries = markdown.split("## Retries", 1)[1].split("##", 1)[0]
+    assert "Slack: HTTP 429: retry 1 of the chat.postMessage call" in retries
+    assert len(sandbox.slack.messages) == 3  # nothing lost to the 429

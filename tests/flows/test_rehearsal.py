@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from flows.rehearsal import rehearsal
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from tests.support.prefect_events import wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -23,6 +25,7 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:
+    since = datetime.now(UTC).isoformat()
     report = rehearsal(service=SERVICE, environment=ENVIRONMENT, config_path=str(sandbox.config_path))
     assert report.ready, report.summary()
     assert [name for name, _, _ in report.checks] == [
@@ -35,6 +38,8 @@ def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:
     assert sandbox.github.mutating_requests() == []
     assert sandbox.slack.messages == [] and sandbox.slack.requests.get("auth.test") == 1
     assert sandbox.app.deploys == [sandbox.commits.broken]
+    ready = {"runbook.rehearsal.ready"}
+    assert ready <= set(wait_for_events("runbook.rehearsal.", "runbook.service.shop.production", since, ready))
 
 
 def test_preflight_not_ready_says_why_and_tells_slack(sandbox: Sandbox) -> None:

@@ -1,0 +1,137 @@
+"""Time from an alert POST to the first deploy request reaching the target, with `runbook serve` running.
+
+Run: .venv/bin/python benchmarks/alert_latency.py [--trials 20]
+Starts a real `prefect server start` (SQLite), the sandbox (GitHub and Slack stand-ins, registry, app), and
+`runbook serve` against them; then, per trial, a new broken version is deployed in the sandbox, an
+Alertmanager webhook body is POSTed to the alert endpoint, and the latency is the time until the
+GitHub stand-in receives the rollback workflow's dispatch. Prints p50/p95 and the Prefect settings used.
+Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
+from runbook.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
+from tests.triggers.conftest import free_port, server_env  # noqa: E402
+
+TOKEN = "bench-alert-token-0123456789abcdef"
+
+
+def alert_body(starts_at: datetime) -> dict[str, object]:
+    labels = {"alertname": "HighErrorRate", "service": SERVICE, "environment": ENVIRONMENT, "rollback": "auto"}
+    return {
+        "version": "4",
+        "status": "firing",
+        "receiver": "runbook",
+        "groupKey": '{}:{service="shop"}',
+        "groupLabels": {"service": SERVICE},
+        "commonLabels": labels,
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "truncatedAlerts": 0,
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": {"summary": "5xx above 5%"},
+                "startsAt": starts_at.isoformat().replace("+00:00", "Z"),
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": f"{int(starts_at.timestamp()):016x}",
+            }
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="runbook-alert-bench-"))
+    with (
+        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as api,
+        Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
+    ):
+        data = sandbox.config_data(
+            deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
+        )
+        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
+        config = sandbox.write_config(data, "bench.yaml")
+        port = free_port()
+        env = server_env(str(work / "serve-home"), PREFECT_API_URL=api, RUNBOOK_ALERT_TOKEN=TOKEN)
+        log = (work / "serve.log").open("wb")
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        endpoint = f"http://127.0.0.1:{port}/alerts/alertmanager"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+            latencies, runs = [], []
+            base = datetime.now(UTC).replace(second=0, microsecond=0)
+            for trial in range(args.trials):
+                # CI ships a new version that breaks: the app runs it, GitHub records it deployed.
+                sha = sandbox.github.add_commit(REPOSITORY, f"Broken release {trial}")
+                sandbox.push(sha)
+                sandbox.github.add_deployment(REPOSITORY, sha, ENVIRONMENT, state="success")
+                sandbox.app.broken.add(sha)
+                sandbox.app.deploy(sha)
+                before = len(sandbox.github.dispatches())
+                # One minute apart: each trial is a new incident (new idempotency key).
+                body = alert_body(base - timedelta(minutes=args.trials - trial))
+                start = time.time()
+                answer = httpx.post(endpoint, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+                answer.raise_for_status()
+                run_id = answer.json()["alerts"][0]["run_id"]
+                while len(sandbox.github.dispatches()) == before and time.time() - start < 120:
+                    time.sleep(0.005)
+                dispatch = sandbox.github.dispatches()[-1]
+                latencies.append(dispatch.timestamp - start)
+                runs.append(run_id)
+                # Wait for the run to end before the next incident (one rollback at a time).
+                while time.time() - start < 180:
+                    state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
+                    if state in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+                        break
+                    time.sleep(0.2)
+                print(f"trial {trial + 1:2d}: alert POST -> dispatch {latencies[-1]:.2f} s (run {state})", flush=True)
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+            log.close()
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    print(f"\nalert POST -> first deploy request at the target, {len(latencies)} trials:")
+    p50 = statistics.median(latencies)
+    print(f"  p50 {p50:.2f} s   p95 {p95:.2f} s   min {ordered[0]:.2f} s   max {ordered[-1]:.2f} s")
+    print(f"  Prefect settings of `runbook serve`: {POLL_SETTINGS} (default poll: 10 s); server: SQLite")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    main()
