@@ -40,13 +40,15 @@ def local_prefect_server(
                 f"port {port} on {host} is taken, and PREFECT_API_URL is not set",
                 hint=f"set PREFECT_API_URL=http://{host}:{port}/api if a Prefect server runs there, or free the port",
             )
+    api = f"http://{host}:{port}/api"
+    # The UI asks the server where the API is; the server does not derive that from --port.
+    env = {**(env if env is not None else os.environ), "PREFECT_UI_API_URL": api}
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
     )
-    api = f"http://{host}:{port}/api"
     try:
         deadline = time.monotonic() + timeout
         while True:

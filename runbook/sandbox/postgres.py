@@ -107,30 +107,14 @@ class PostgresServer:
                 "initdb", "-D", str(self.data_dir), "--username", POSTGRES_USER, "--auth=trust",
                 "--encoding=UTF8", "--no-locale", "--no-sync",
             )  # fmt: skip
+            command = [
+                str(self.bindir / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir),
+                "-h", self.host, "-p", str(self.port),  # TCP on 127.0.0.1 only
+                # A test cluster: durability is not needed, speed is.
+                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            ]  # fmt: skip
             with open(self.log_path, "wb") as log:
-                self.process = self._spawn(
-                    [
-                        str(self.bindir / "postgres"),
-                        "-D",
-                        str(self.data_dir),
-                        "-k",
-                        str(socket_dir),
-                        "-h",
-                        self.host,
-                        "-p",
-                        str(self.port),
-                        # A test cluster: durability is not needed, speed is.
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
-                    ],  # fmt: skip
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+                self.process = self._spawn(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self._wait_ready()
             self._run(
                 "createdb", "-h", self.host, "-p", str(self.port), "-U", POSTGRES_USER, self.database

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from tests.triggers.conftest import ROOT, Served, server_env
+from runbook.serve import local_prefect_server
+from tests.triggers.conftest import ROOT, Served, free_port, server_env
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
@@ -69,11 +70,17 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
     assert len(sandbox.github.dispatches()) == before + 1
 
 
-def test_prefect_deploy_all_with_a_process_work_pool(served: Served, tmp_path: Any) -> None:
+def test_prefect_deploy_all_with_a_process_work_pool(tmp_path: Any) -> None:
     """`prefect deploy --all` from prefect.yaml works, and the form offers the configured services as choices."""
+    with local_prefect_server(port=free_port(), env=server_env(str(tmp_path / "server")), timeout=90) as api_url:
+        _deploy_all(api_url, tmp_path)
+
+
+def _deploy_all(api_url: str, tmp_path: Any) -> None:
+    # Its own server: deploying from the example configuration must not change the `served` deployments.
     env = server_env(
         str(tmp_path / "home"),
-        PREFECT_API_URL=served.api,
+        PREFECT_API_URL=api_url,
         RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
         RUNBOOK_PROJECT_DIR=str(ROOT),
     )
@@ -91,11 +98,11 @@ def test_prefect_deploy_all_with_a_process_work_pool(served: Served, tmp_path: A
         [*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    dep = api("GET", f"{served.api}/deployments/name/rollback/rollback").json()
+    dep = api("GET", f"{api_url}/deployments/name/rollback/rollback").json()
     properties = dep["parameter_openapi_schema"]["properties"]
     assert properties["service"]["enum"] == ["shop"]
     assert properties["environment"]["enum"] == ["production", "staging"]
     assert "last known good" in properties["sha"]["description"]
-    rehearsal = api("GET", f"{served.api}/deployments/name/rehearsal/rehearsal-shop-staging").json()
+    rehearsal = api("GET", f"{api_url}/deployments/name/rehearsal/rehearsal-shop-staging").json()
     assert rehearsal["parameters"]["mode"] == "drill" and rehearsal["work_pool_name"] == "runbook"
     assert rehearsal["schedules"][0]["schedule"]["cron"] == "0 9 * * 2"
