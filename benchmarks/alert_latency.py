@@ -87,11 +87,14 @@ def main() -> None:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    ready = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                    # The endpoint answers before the runner has registered the deployments.
+                    if ready and httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.3)
+            sandbox.app.broken.clear()  # the story's versions are all good here: each trial breaks a new one
             latencies, runs = [], []
             base = datetime.now(UTC).replace(second=0, microsecond=0)
             for trial in range(args.trials):

@@ -31,7 +31,7 @@ from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.retries import collect_retries
 from runbook.targets import DeployRequest
-from tasks.deploy import close_rollout, deploy, finish_deploy, open_rollout, preflight_deploy
+from tasks.deploy import close_rollout, deploy, finish_deploy, mark_rolled_back, open_rollout, preflight_deploy
 from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
 from tasks.resolve_sha import resolve_sha
@@ -235,6 +235,9 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
     record.outcome = "recovered"
     if rollout is not None:
         close_rollout(config, service, rollout, "success", f"rollback to {resolution.short}: healthy", record.run_url)
+    if resolution.running and not result.skipped and record.trigger != "drill":
+        # The version rolled back from must never be chosen as a last known good (drills roll back healthy ones).
+        mark_rolled_back(config, service, environment, resolution.running, record.reason)
     if not result.skipped:
         cleanup = finish_deploy(config, request, result)
         if cleanup and cleanup.startswith("clean-up failed"):

@@ -141,10 +141,28 @@ def running_sha(repo: Repository, environment: str) -> str | None:
     return None
 
 
+def was_healthy(states: list[str]) -> bool:
+    """Whether a deployment's statuses (newest first) say it was healthy: its last word, `inactive` aside
+    (GitHub marks an older success inactive when a newer one succeeds), is `success`. A version rolled back
+    from gets a `failure` after its success, and so is never a last known good again."""
+    return next((state for state in states if state != "inactive"), None) == "success"
+
+
 def healthy_shas(repo: Repository, environment: str) -> set[str]:
-    """SHAs whose rollout in the environment was once recorded healthy (a `success` status)."""
+    """SHAs with a rollout in the environment that was recorded healthy and never marked bad afterwards."""
     with github_errors(f"reading the deployments of {environment}", repo.full_name):
-        return {sha for sha, states in _deployments(repo, environment) if "success" in states}
+        return {sha for sha, states in _deployments(repo, environment) if was_healthy(states)}
+
+
+def mark_rolled_back(repo: Repository, environment: str, sha: str, description: str) -> int | None:
+    """Add a `failure` status to the newest deployment of `sha` in the environment (the version rolled back from)."""
+    with github_errors(f"marking {sha[:7]} as rolled back", repo.full_name):
+        for index, deployment in enumerate(repo.get_deployments(sha=sha, environment=environment)):
+            if index >= DEPLOYMENT_LIMIT:
+                break
+            deployment.create_status("failure", description=description[:140])
+            return int(deployment.id)
+    return None
 
 
 def record_deployment(

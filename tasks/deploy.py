@@ -90,3 +90,19 @@ def close_rollout(
         return False
     get_run_logger().info("GitHub deployment %s: %s", deployment_id, state)
     return True
+
+
+@task(name="mark-rolled-back", cache_policy=NO_CACHE, timeout_seconds=120)
+def mark_rolled_back(config: RunbookConfig, service_name: str, environment: str, sha: str, reason: str) -> bool:
+    """Mark the version rolled back from as bad in GitHub Deployments, so it is never a last known good."""
+    service = config.service(service_name)
+    description = f"rolled back by rollback-runbook: {reason or 'unhealthy'}"
+    try:
+        repo = repo_api.connect(config.github, service.repository)
+        deployment_id = repo_api.mark_rolled_back(repo, environment, sha, description)
+    except RunbookError as exc:
+        get_run_logger().warning("could not mark %s as rolled back in GitHub: %s", sha[:7], exc)
+        return False
+    if deployment_id is not None:
+        get_run_logger().info("GitHub deployment %s of %s: failure (rolled back)", deployment_id, sha[:7])
+    return deployment_id is not None

@@ -11,6 +11,7 @@ from runbook.errors import HealthCheckError, InvalidShaError
 from runbook.health import ProbeResult, judge
 from runbook.postmortem import artifact_key, render_markdown, timings_table
 from runbook.record import RollbackRecord, describe_error
+from runbook.repository import was_healthy
 from runbook.shas import last_known_good_candidates, normalize_sha
 
 A, B, C, D = ("a" * 40, "b" * 40, "c" * 40, "d" * 40)
@@ -34,6 +35,12 @@ def test_last_known_good_is_the_newest_healthy_commit_older_than_the_running_one
     assert last_known_good_candidates(history, D, {D}) == []
     # A commit newer than the running one is never offered, even if once healthy.
     assert last_known_good_candidates([C, B, A], C, {D, A}) == [A]
+
+
+def test_a_deployment_is_known_good_when_its_last_word_is_success() -> None:
+    assert was_healthy(["success"]) and was_healthy(["inactive", "success", "in_progress"])
+    assert not was_healthy(["failure", "inactive", "success"])  # rolled back from: marked bad after
+    assert not was_healthy(["in_progress"]) and not was_healthy([]) and not was_healthy(["inactive"])
 
 
 def _round(*oks: bool) -> list[ProbeResult]:

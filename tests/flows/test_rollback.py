@@ -243,3 +243,22 @@ def test_unknown_service_is_refused_before_anything(sandbox: Sandbox) -> None:
 
     assert state.is_failed() and "unknown service 'cart'" in str(state.message)
     assert sandbox.github.requests == [] and sandbox.slack.messages == []
+
+
+def test_a_version_rolled_back_from_is_never_a_last_known_good_again(sandbox: Sandbox) -> None:
+    broken, good = sandbox.commits.broken, sandbox.commits.last_known_good
+    assert run(sandbox).result().to_sha == good
+    # CI marked the broken version healthy when it went out; the rollback marked it bad.
+    states = [d["state"] for d in sandbox.github.deployments(REPOSITORY, ENVIRONMENT) if d["sha"] == broken]
+    assert states[0] == "failure"
+
+    # A fix goes out and breaks too; CI records it healthy, as CI does.
+    fix = sandbox.github.add_commit(REPOSITORY, "Fix payment provider")
+    sandbox.push(fix)
+    sandbox.github.add_deployment(REPOSITORY, fix, ENVIRONMENT, state="success", description="CI deploy")
+    sandbox.app.broken.add(fix)
+    sandbox.app.deploy(fix)
+
+    state = run(sandbox, reason="second incident")
+    assert state.is_completed(), state.message
+    assert state.result().to_sha == good  # not the first broken version, although it is newer
