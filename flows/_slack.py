@@ -26,41 +26,45 @@ class Announcer:
     def incident(self) -> None:
         """Seed message 1: the thread's root."""
         if self._enabled:
-            self._root = self._kept(
-                notify_incident(self._config, self._ctx.service, messages.incident_message(self._ctx))
-            )
+            text = messages.incident_message(self._ctx)
+            self._root = self._kept(notify_incident(self._config, self._ctx.service, text), "incident posted")
 
     def rollback_started(self, sha: str, compare_url: str | None) -> None:
         """Seed message 2, and the root's status: rolling back to SHA."""
         if self._enabled:
-            self._status(messages.status_rolling_back(self._ctx, sha))
+            self._status(messages.status_rolling_back(self._ctx, sha), "rolling back")
             text = messages.rollback_started_message(self._ctx, sha, compare_url)
-            self._kept(notify_rollback_started(self._config, self._ctx.service, self._root, text))
+            self._kept(
+                notify_rollback_started(self._config, self._ctx.service, self._root, text), "rollback start posted"
+            )
 
     def recovered(self, sha: str, digest: str, seconds: float, deploy_url: str | None) -> None:
         """Seed message 3, broadcast, and the root's status: recovered in N s."""
         if self._enabled:
-            self._status(messages.status_recovered(self._ctx, sha, seconds))
+            self._status(messages.status_recovered(self._ctx, sha, seconds), "recovered")
             text = messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url)
-            self._kept(notify_outcome(self._config, self._ctx.service, self._root, text))
+            self._kept(notify_outcome(self._config, self._ctx.service, self._root, text), "end posted (broadcast)")
 
     def failed(self, step: str, reason: str) -> None:
         """The escalation, broadcast, and the root's status: failed at step X."""
         if self._enabled:
-            self._status(messages.status_failed(self._ctx, step))
+            self._status(messages.status_failed(self._ctx, step), "failed")
             text = messages.failure_message(self._ctx, step, reason)
-            self._kept(notify_outcome(self._config, self._ctx.service, self._root, text))
+            self._kept(
+                notify_outcome(self._config, self._ctx.service, self._root, text), "escalation posted (broadcast)"
+            )
 
-    def _status(self, status: str) -> None:
+    def _status(self, status: str, label: str) -> None:
         if self._root.threaded:
-            self._kept(notify_status(self._config, self._root, messages.incident_message(self._ctx, status)))
+            text = messages.incident_message(self._ctx, status)
+            self._kept(notify_status(self._config, self._root, text), f"root status: {label}")
 
-    def _kept(self, posted: Posted) -> Posted:
+    def _kept(self, posted: Posted, what: str) -> Posted:
         if not posted.ok:
             self._record.warn(f"Slack: {posted.error}")
         elif not posted.threaded and not self._webhook_warned:
             self._webhook_warned = True
             self._record.warn("Slack: posting through an incoming webhook: no thread and no status updates")
         else:
-            self._record.note("Slack updated")
+            self._record.note(f"Slack: {what}")
         return posted

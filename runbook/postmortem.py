@@ -75,13 +75,14 @@ def render_markdown(record: RollbackRecord) -> str:
         f"Target chosen by: {record.sha_source or '-'}",
         "",
         "## Timeline",
-        f"- {_ts(record.detected_at)} incident detected",
-        f"- {_ts(record.started_at)} rollback run started",
     ]
-    lines += [f"- {_ts(moment)} {event}" for moment, event in record.timeline]
+    events = [(record.detected_at, "incident detected"), (record.started_at, "rollback run started"), *record.timeline]
     if record.healthy_at:
-        lines.append(f"- {_ts(record.healthy_at)} service healthy again")
-    lines.append(f"- {_ts(record.ended_at)} run ended")
+        events.append((record.healthy_at, "**service healthy again**"))
+    if record.ended_at:
+        events.append((record.ended_at, "run ended"))
+    # In time order; the sort is stable, so events of the same instant keep the order they happened in.
+    lines += [f"- {_ts(moment)} {event}" for moment, event in sorted(events, key=lambda item: item[0])]
     lines += ["", "## Steps", "| step | state | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.state} | {s.seconds:.2f} | {s.detail.replace('|', '/') or '-'} |" for s in record.steps]
     lines += ["", "## Health results"]

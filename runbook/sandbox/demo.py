@@ -56,7 +56,9 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         for message in thread:
             prefix = "  " if message.thread_ts is None else "    └ "
             broadcast = " (also sent to the channel)" if message.reply_broadcast else ""
-            for index, line in enumerate(message.text.splitlines()):
+            if message.updates:
+                broadcast = f" (as it reads now, after {len(message.updates)} updates)"
+            for index, line in enumerate(message.current_text.splitlines()):
                 _say((prefix if index == 0 else " " * len(prefix)) + line + (broadcast if index == 0 else ""))
         _say()
         _say("== Result ==")
@@ -71,6 +73,11 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         _say(f"  app now           {health.json().get('version', '?')[:7]}: /health -> {health.status_code}")
         _say(f"  GitHub dispatches {len(sandbox.github.dispatches())}")
         _say()
+        if isinstance(summary, RollbackSummary):
+            _say("== Post-mortem (artifact 'rollback-shop-production') ==")
+            for line in summary.postmortem.splitlines():
+                _say(f"  | {line}")
+            _say()
         _say("== Where to see the run and its post-mortem ==")
         _say(f"  PREFECT_HOME={prefect_home} .venv/bin/prefect server start")
         _say(f"  then open http://127.0.0.1:4200/runs/flow-run/{flow_run_id}")

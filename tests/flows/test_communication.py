@@ -67,8 +67,10 @@ def test_the_rollout_is_recorded_in_github_deployments(sandbox: Sandbox) -> None
     assert [s["state"] for s in rollout["statuses"]] == ["success", "in_progress"]
     run_url = f"http://127.0.0.1:4200/runs/flow-run/{state.state_details.flow_run_id}"
     assert {s["log_url"] for s in rollout["statuses"]} == {run_url}
-    # GitHub's own rule: the previous successful deployment becomes inactive.
-    assert sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[1]["state"] == "inactive"
+    # The version rolled back from: GitHub made it inactive (a newer success), then the runbook marked it bad.
+    previous = sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[1]
+    assert previous["sha"] == sandbox.commits.broken
+    assert [s["state"] for s in previous["statuses"]] == ["failure", "inactive", "success"]
 
 
 def test_english_and_an_incoming_webhook_without_a_bot_token(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
