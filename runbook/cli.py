@@ -46,7 +46,14 @@ def check_config(config: ConfigOption = None) -> None:
         envs = ", ".join(f"{env} ({s.deploy.type})" for env, s in service.environments.items())
         typer.echo(f"service {name}: {service.repository}@{service.branch}, image {service.image}, {envs}")
     refs = [("github.token", cfg.github.token), ("slack.token", cfg.slack.token)]
+    refs += [("slack.webhook_url", cfg.slack.webhook_url)]
+    refs += [("alerts.token", cfg.alerts.token if cfg.alerts else None)]
     refs += [(f"registries[{r.host}].password", r.password) for r in cfg.registries]
+    refs += [
+        (f"services.{name}.environments.{env_name}.deploy.secret", getattr(env.deploy, "secret", None))
+        for name, service in cfg.services.items()
+        for env_name, env in service.environments.items()
+    ]
     for key, ref in refs:
         if ref is not None and ref.env is not None and not os.environ.get(ref.env):
             typer.secho(f"warning: {key}: {ref.describe()} is not set here", fg=typer.colors.YELLOW)

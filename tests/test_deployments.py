@@ -1,0 +1,68 @@
+"""The deployments: prefect.yaml is what the generator makes of the example; the shell command runs the flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deployments.spec import deployment_specs, prefect_yaml
+from runbook.cli import app
+from runbook.config import load_config
+from runbook.sandbox.world import Sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_checked_in_prefect_yaml_is_generated_from_the_example() -> None:
+    expected = prefect_yaml(load_config(ROOT / "runbook.example.yaml"))
+    assert (ROOT / "prefect.yaml").read_text() == expected, (
+        "prefect.yaml is stale: run `runbook prefect-yaml --config runbook.example.yaml > prefect.yaml`"
+    )
+
+
+def test_one_rehearsal_per_environment_drill_only_in_staging() -> None:
+    specs = {spec.name: spec for spec in deployment_specs(load_config(ROOT / "runbook.example.yaml"))}
+    assert set(specs) == {"rollback", "rehearsal-shop-production", "rehearsal-shop-staging"}
+    assert specs["rollback"].cron is None
+    assert specs["rehearsal-shop-production"].parameters["mode"] == "preflight"
+    assert specs["rehearsal-shop-staging"].parameters["mode"] == "drill"
+    assert specs["rehearsal-shop-staging"].timezone == "Europe/Paris"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_runbook_rollback_dry_run_from_the_shell(tmp_path: Path) -> None:
+    with Sandbox(tmp_path, run_step_seconds=0.05) as sandbox:
+        result = CliRunner().invoke(
+            app,
+            [
+                "rollback",
+                "--service",
+                "shop",
+                "--environment",
+                "production",
+                "--dry-run",
+                "--config",
+                str(sandbox.config_path),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert sandbox.github.mutating_requests() == [] and sandbox.slack.messages == []
+
+        result = CliRunner().invoke(
+            app,
+            [
+                "rollback",
+                "--service",
+                "shop",
+                "--environment",
+                "production",
+                "--sha",
+                "zzz",
+                "--config",
+                str(sandbox.config_path),
+            ],
+        )
+        assert result.exit_code == 1
+        assert sandbox.github.dispatches() == []
