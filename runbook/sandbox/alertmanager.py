@@ -10,35 +10,33 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
+from runbook.sandbox.process import LocalServer
+
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SandboxAlertmanagerError(RuntimeError):
     """The sandbox Alertmanager could not be started or refused a request."""
 
 
-class AlertmanagerServer:
-    """An Alertmanager process on 127.0.0.1 for as long as the context lasts."""
+class AlertmanagerServer(LocalServer):
+    """An Alertmanager process on 127.0.0.1 for as long as the context lasts.
+
+    `log()` holds what it logged so far at debug level: each notification attempt and its error.
+    """
+
+    _error = SandboxAlertmanagerError
+    _name = "Alertmanager"
+    _title = "Alertmanager"
+    _tmp_prefix = "runbook-alertmanager-"
+    _log_name = "alertmanager.log"
+    _log_full_limit = 50000
 
     def __init__(
         self,
@@ -52,6 +50,7 @@ class AlertmanagerServer:
         send_resolved: bool = True,
         startup_timeout: float = 20.0,
     ) -> None:
+        super().__init__(startup_timeout=startup_timeout)
         self.webhook_url = webhook_url
         self._token = token
         self.group_by = list(group_by)
@@ -59,10 +58,6 @@ class AlertmanagerServer:
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
         self.send_resolved = send_resolved
-        self._startup_timeout = startup_timeout
-        self._tmp: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self.port = 0
 
     def __repr__(self) -> str:
@@ -72,13 +67,6 @@ class AlertmanagerServer:
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT`."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def root(self) -> Path:
-        """The temporary directory holding the configuration, the token file and the storage."""
-        if self._tmp is None:
-            raise SandboxAlertmanagerError("Alertmanager is not running: use it as a context manager")
-        return self._tmp
 
     def config(self) -> dict[str, Any]:
         """The Alertmanager configuration (written as JSON, which is valid YAML)."""
@@ -99,42 +87,19 @@ class AlertmanagerServer:
             "receivers": [{"name": "rollback", "webhook_configs": [webhook]}],
         }
 
-    def __enter__(self) -> AlertmanagerServer:
-        self.start()
-        return self
+    def _preflight(self) -> None:
+        self._require(ALERTMANAGER, "prometheus-alertmanager")
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def _start(self) -> None:
         """Write the configuration, start Alertmanager and wait until `/-/ready` answers 200."""
-        if not Path(ALERTMANAGER).exists():
-            raise SandboxAlertmanagerError(f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager")
-        self._tmp = Path(tempfile.mkdtemp(prefix="runbook-alertmanager-"))
-        try:
-            (self.root / "storage").mkdir()
-            config_path = self.root / "alertmanager.yml"
-            config_path.write_text(json.dumps(self.config(), indent=2))
-            last_error = ""
-            for _ in range(3):  # another process may grab the free port between probe and bind
-                try:
-                    self._start_once(config_path, _free_port())
-                    return
-                except SandboxAlertmanagerError as exc:
-                    last_error = str(exc)
-                    if "address already in use" not in last_error:
-                        raise
-            raise SandboxAlertmanagerError(last_error)
-        except BaseException:
-            self.stop()
-            raise
+        (self.root / "storage").mkdir()
+        config_path = self.root / "alertmanager.yml"
+        config_path.write_text(json.dumps(self.config(), indent=2))
+        self._start_on_free_port(lambda port: self._start_once(config_path, port))
 
     def _start_once(self, config_path: Path, port: int) -> None:
         self.port = port
-        self._log = open(self.root / "alertmanager.log", "w+b")  # noqa: SIM115 - closed in _stop_process()
-        self._process = subprocess.Popen(
+        self._spawn(
             [
                 ALERTMANAGER,
                 f"--config.file={config_path}",
@@ -143,66 +108,9 @@ class AlertmanagerServer:
                 f"--web.external-url={self.base_url}",
                 "--cluster.listen-address=",  # empty: no gossip, no port 9094, ready at once
                 "--log.level=debug",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            cwd=self.root,
+            ]
         )
-        deadline = time.monotonic() + self._startup_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while True:
-                code = self._process.poll()
-                if code is not None:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxAlertmanagerError(f"Alertmanager exited with code {code} on start: {log}")
-                try:
-                    if client.get(f"{self.base_url}/-/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxAlertmanagerError(
-                        f"Alertmanager was not ready on {self.base_url} within {self._startup_timeout:.0f} s: {log}"
-                    )
-                time.sleep(0.05)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        if self._log is None:
-            return "(no log)"
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip()
-        if len(text) > limit:
-            text = f"{text[: limit // 2]}\n...\n{text[-limit // 2 :]}"
-        return text or "(empty log)"
-
-    def _stop_process(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def stop(self) -> None:
-        """Stop Alertmanager and remove its temporary directory."""
-        self._stop_process()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def log(self) -> str:
-        """What Alertmanager logged so far (debug level: each notification attempt and its error)."""
-        return self._log_tail(limit=50000)
+        self._wait_for_http(f"{self.base_url}/-/ready", f"was not ready on {self.base_url}")
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         """POST alerts (`labels`, `annotations`, `startsAt`, `endsAt`, `generatorURL`) to `/api/v2/alerts`."""

@@ -20,17 +20,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import docker
 from docker.errors import DockerException
 from requests.exceptions import RequestException
+
+from runbook.sandbox.process import LocalServer
 
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: one static binary, all a FROM-scratch image needs
@@ -70,8 +69,18 @@ def _unmount(path: str) -> None:
     libc.umount2(path.encode(), _MNT_DETACH)  # lazy: a mount still busy goes away once released
 
 
-class DockerEngine:
+class DockerEngine(LocalServer):
     """A dockerd of our own for as long as the context lasts; `.host` is its `unix://` URL."""
+
+    _error = DockerEngineError
+    _name = "dockerd"
+    _title = "the Docker engine"
+    _log_name = "dockerd.log"
+    _log_limit = 3000
+    _log_full_limit = 50000
+    _log_keeps_head = False
+    _stop_timeout = 20.0
+    _kill_timeout = 10.0
 
     def __init__(
         self,
@@ -80,22 +89,12 @@ class DockerEngine:
         storage_driver: str | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
+        super().__init__(startup_timeout=startup_timeout)
         self._insecure = list(insecure_registries)
         self._storage_driver = storage_driver
-        self._startup_timeout = startup_timeout
-        self._tmp: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"DockerEngine(host={self.host!r})"
-
-    @property
-    def root(self) -> Path:
-        """The temporary directory holding the engine's data, state, socket and log."""
-        if self._tmp is None:
-            raise DockerEngineError("the Docker engine is not running: use it as a context manager")
-        return self._tmp
 
     @property
     def host(self) -> str:
@@ -106,27 +105,13 @@ class DockerEngine:
         """A `docker.DockerClient` for this engine; the caller closes it."""
         return docker.DockerClient(base_url=self.host, timeout=timeout)
 
-    def __enter__(self) -> DockerEngine:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start dockerd and wait until it answers a ping."""
-        if not Path(DOCKERD).exists():
-            raise DockerEngineError(f"{DOCKERD} is missing: apt-get install docker.io")
+    def _preflight(self) -> None:
+        self._require(DOCKERD, "docker.io")
         if os.geteuid() != 0:
             raise DockerEngineError("dockerd needs root: run the sandbox Docker engine as root")
-        self._tmp = _short_tmpdir()
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+
+    def _make_root(self) -> Path:
+        return _short_tmpdir()
 
     def _start(self) -> None:
         root = self.root
@@ -155,48 +140,22 @@ class DockerEngine:
         # The registries are on 127.0.0.1: a proxy in the environment must not be asked for them.
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-        self._log = open(root / "dockerd.log", "w+b")  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            env=env,
-            cwd=root,
-            start_new_session=True,  # a Ctrl-C in the terminal is for pytest; we stop dockerd ourselves
-        )
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            code = self._process.poll()
-            if code is not None:
-                raise DockerEngineError(f"dockerd exited with code {code} on start: {self._log_tail()}")
-            if (root / "docker.sock").exists():
-                try:
-                    client = docker.DockerClient(base_url=self.host, version="1.41", timeout=2)
-                    try:
-                        if client.ping():
-                            return
-                    finally:
-                        client.close()
-                except (DockerException, RequestException):
-                    pass
-            if time.monotonic() > deadline:
-                raise DockerEngineError(
-                    f"dockerd did not answer on {self.host} within {self._startup_timeout:.0f} s: {self._log_tail()}"
-                )
-            time.sleep(0.1)
+        # start_new_session: a Ctrl-C in the terminal is for pytest; we stop dockerd ourselves.
+        self._spawn(command, env=env, start_new_session=True)
+        self._wait_until(self._answers, self._startup_timeout, f"did not answer on {self.host}", interval=0.1)
 
-    def _log_tail(self, limit: int = 3000) -> str:
-        if self._log is None:
-            return "(no log)"
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip()
-        return (text[-limit:] if len(text) > limit else text) or "(empty log)"
-
-    def log(self) -> str:
-        """What dockerd wrote so far (handy when a test fails)."""
-        return self._log_tail(limit=50000)
+    def _answers(self) -> bool:
+        """Whether the engine's socket exists and it answers a ping."""
+        if not (self.root / "docker.sock").exists():
+            return False
+        try:
+            client = docker.DockerClient(base_url=self.host, version="1.41", timeout=2)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except (DockerException, RequestException):
+            return False
 
     def remove_all_containers(self) -> None:
         """Kill and remove every container of this engine (between tests, and before stopping)."""
@@ -206,16 +165,10 @@ class DockerEngine:
                     container.remove(force=True, v=True)
 
     def _stop_process(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
+        started = self._process is not None
+        super()._stop_process()
+        if not started:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
         # dockerd stops the containerd it started; if dockerd had to be killed, containerd may be left.
         pidfile = self.root / "x" / "containerd" / "containerd.pid"
         with contextlib.suppress(OSError, ValueError):
@@ -233,11 +186,7 @@ class DockerEngine:
         finally:
             for point in _mounts_under(self._tmp):  # e.g. <exec-root>/netns/default, overlay mounts
                 _unmount(point)
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+            super().stop()  # closes the log and deletes the directory
 
 
 def _is_static(path: str) -> bool:

@@ -16,13 +16,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from runbook.sandbox.process import LocalServer, free_port
 
 POSTGRES_USER = "postgres"  # the OS user owning the cluster when we run as root, and the database superuser
 _COMMANDS = ("initdb", "postgres", "pg_ctl", "pg_isready", "createdb")
@@ -54,25 +52,33 @@ def find_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PostgresServer:
+class PostgresServer(LocalServer):
     """A PostgreSQL server on 127.0.0.1 with one database, for as long as the context lasts."""
 
+    _error = PostgresUnavailableError
+    _name = "postgres"
+    _title = "the PostgreSQL server"
+    _tmp_prefix = "runbook-postgres-"
+    _log_name = "postgres.log"
+    _log_limit = 1500
+    _log_keeps_head = False
+    _exited = "{name} exited at start (code {code})"
+    _stop_timeout = 20.0  # after `pg_ctl stop`
+    _kill_timeout = 10.0
+
     def __init__(self, *, database: str = "prefect", port: int | None = None, timeout: float = 60) -> None:
+        super().__init__(startup_timeout=timeout)
         self.database = database
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.host = "127.0.0.1"
         self.timeout = timeout
         self.bindir = find_bindir()
-        self.root: Path | None = None
-        self.process: subprocess.Popen[bytes] | None = None
         self._owner: pwd.struct_passwd | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The `postgres` process while the server runs."""
+        return self._process
 
     @property
     def url(self) -> str:
@@ -86,66 +92,42 @@ class PostgresServer:
 
     @property
     def data_dir(self) -> Path:
-        assert self.root is not None, "the server is not started"
         return self.root / "data"
 
     @property
     def log_path(self) -> Path:
-        assert self.root is not None, "the server is not started"
-        return self.root / "postgres.log"
+        return self.root / self._log_name
 
-    def start(self) -> PostgresServer:
+    def _preflight(self) -> None:
         self._owner = self._cluster_owner()
-        self.root = Path(tempfile.mkdtemp(prefix="runbook-postgres-"))
-        try:
-            socket_dir = self.root / "socket"
-            socket_dir.mkdir()
-            if self._owner is not None:
-                for path in (self.root, socket_dir):
-                    os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
-            self._run(
-                "initdb", "-D", str(self.data_dir), "--username", POSTGRES_USER, "--auth=trust",
-                "--encoding=UTF8", "--no-locale", "--no-sync",
-            )  # fmt: skip
-            command = [
-                str(self.bindir / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir),
-                "-h", self.host, "-p", str(self.port),  # TCP on 127.0.0.1 only
-                # A test cluster: durability is not needed, speed is.
-                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            ]  # fmt: skip
-            with open(self.log_path, "wb") as log:
-                self.process = self._spawn(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            self._wait_ready()
-            self._run(
-                "createdb", "-h", self.host, "-p", str(self.port), "-U", POSTGRES_USER, self.database
-            )  # fmt: skip
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its directory; safe to call twice."""
-        process, self.process = self.process, None
-        if process is not None:
-            if process.poll() is None:
-                self._call([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], 30)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+    def _start(self) -> None:
+        socket_dir = self.root / "socket"
+        socket_dir.mkdir()
+        if self._owner is not None:
+            for path in (self.root, socket_dir):
+                os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+        self._run(
+            "initdb", "-D", str(self.data_dir), "--username", POSTGRES_USER, "--auth=trust",
+            "--encoding=UTF8", "--no-locale", "--no-sync",
+        )  # fmt: skip
+        command = [
+            str(self.bindir / "postgres"), "-D", str(self.data_dir), "-k", str(socket_dir),
+            "-h", self.host, "-p", str(self.port),  # TCP on 127.0.0.1 only
+            # A test cluster: durability is not needed, speed is.
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+        ]  # fmt: skip
+        self._spawn(command, **self._as_owner())
+        self._wait_until(self._accepts_connections, self.timeout, "did not accept connections", interval=0.1)
+        self._run(
+            "createdb", "-h", self.host, "-p", str(self.port), "-U", POSTGRES_USER, self.database
+        )  # fmt: skip
 
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _stop_process(self) -> None:
+        """Stop the server with a fast shutdown (`pg_ctl stop -m fast`), then wait for its process."""
+        if self._process is not None and self._process.poll() is None:
+            self._call([str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], 30)
+        super()._stop_process()
 
     def _cluster_owner(self) -> pwd.struct_passwd | None:
         """As root, the `postgres` user (PostgreSQL refuses root); otherwise None: run as ourselves."""
@@ -159,18 +141,20 @@ class PostgresServer:
                 f"(PostgreSQL refuses to run as root): {_INSTALL_HINT}, which creates it"
             ) from None
 
-    def _spawn(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        """Start a command as the cluster owner (its uid and gid, no supplementary groups), in our directory."""
+    def _as_owner(self) -> dict[str, Any]:
+        """Popen arguments for a command as the cluster owner (its uid and gid, no supplementary groups), in root."""
         owner = self._owner
-        return subprocess.Popen(
-            args, env=self._env(), cwd=self.root,
-            user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
-            extra_groups=[] if owner else None, **kwargs,
-        )  # fmt: skip
+        return {
+            "env": self._env(), "cwd": self.root,
+            "user": owner.pw_uid if owner else None, "group": owner.pw_gid if owner else None,
+            "extra_groups": [] if owner else None,
+        }  # fmt: skip
 
     def _call(self, args: list[str], timeout: float) -> tuple[int, str]:
         """Run a command as the cluster owner; its exit code and output."""
-        with self._spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
+        with subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self._as_owner()
+        ) as proc:
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -192,27 +176,8 @@ class PostgresServer:
         if code != 0:
             raise PostgresUnavailableError(f"`{command}` failed (exit {code}): {output.strip()[-1500:]}")
 
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self.process.poll() is not None:
-                raise PostgresUnavailableError(
-                    f"postgres exited at start (code {self.process.returncode}): {self._log_tail()}"
-                )
-            code, _ = self._call(
-                [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port), "-U", POSTGRES_USER], 10
-            )
-            if code == 0:
-                return
-            if time.monotonic() > deadline:
-                raise PostgresUnavailableError(
-                    f"postgres did not accept connections within {self.timeout:.0f} s: {self._log_tail()}"
-                )
-            time.sleep(0.1)
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-1500:]
-        except OSError:
-            return "(no log)"
+    def _accepts_connections(self) -> bool:
+        code, _ = self._call(
+            [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port), "-U", POSTGRES_USER], 10
+        )
+        return code == 0

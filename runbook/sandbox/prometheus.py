@@ -11,17 +11,15 @@ Debian's package also installs a system service on :9090; this one does not use 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
+
+from runbook.sandbox.process import LocalServer, free_port
+
+_free_port = free_port  # tests import it from here
 
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -30,15 +28,15 @@ class SandboxPrometheusError(RuntimeError):
     """The sandbox Prometheus could not be started, or a target did not come up."""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrometheusServer:
+class PrometheusServer(LocalServer):
     """A Prometheus process on 127.0.0.1 scraping the given jobs, for as long as the context lasts."""
+
+    _error = SandboxPrometheusError
+    _name = "prometheus"
+    _title = "Prometheus"
+    _tmp_prefix = "runbook-prometheus-"
+    _log_name = "prometheus.log"
+    _stop_timeout = 10.0
 
     def __init__(
         self,
@@ -54,11 +52,8 @@ class PrometheusServer:
             for target in targets:
                 if not target.startswith("127.0.0.1:"):
                     raise ValueError(f"job {job!r}: target {target!r} must be 127.0.0.1:PORT")
+        super().__init__(startup_timeout=startup_timeout)
         self.scrape_interval = scrape_interval
-        self._startup_timeout = startup_timeout
-        self._tmp: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self.port = 0
 
     def __repr__(self) -> str:
@@ -68,12 +63,6 @@ class PrometheusServer:
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT`, what `MetricCheck.prometheus_url` points at."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def root(self) -> Path:
-        if self._tmp is None:
-            raise SandboxPrometheusError("Prometheus is not running: use it as a context manager")
-        return self._tmp
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -88,72 +77,26 @@ class PrometheusServer:
             ],
         }
 
-    def __enter__(self) -> PrometheusServer:
-        self.start()
-        return self
+    def _preflight(self) -> None:
+        self._require(PROMETHEUS, "prometheus")
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def _start(self) -> None:
         """Write the configuration, start Prometheus and wait until it is ready."""
-        if not Path(PROMETHEUS).exists():
-            raise SandboxPrometheusError(f"{PROMETHEUS} is missing: apt-get install prometheus")
-        self._tmp = Path(tempfile.mkdtemp(prefix="runbook-prometheus-"))
-        try:
-            (self.root / "prometheus.yml").write_text(json.dumps(self._config(), indent=2))  # JSON is YAML
-            last_error = ""
-            for _ in range(3):  # another process may take the free port between probe and bind
-                try:
-                    self._start_once(_free_port())
-                    return
-                except SandboxPrometheusError as exc:
-                    last_error = str(exc)
-                    if "address already in use" not in last_error:
-                        raise
-            raise SandboxPrometheusError(last_error)
-        except BaseException:
-            self.stop()
-            raise
+        (self.root / "prometheus.yml").write_text(json.dumps(self._config(), indent=2))  # JSON is YAML
+        self._start_on_free_port(self._start_once)
 
     def _start_once(self, port: int) -> None:
-        self._log = open(self.root / "prometheus.log", "w+b")  # noqa: SIM115 - closed in _stop_process()
-        self._process = subprocess.Popen(
+        self._spawn(
             [
                 PROMETHEUS,
                 f"--config.file={self.root / 'prometheus.yml'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 f"--storage.tsdb.path={self.root / 'data'}",
                 "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            cwd=self.root,
+            ]
         )
         self.port = port
-        deadline = time.monotonic() + self._startup_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while True:
-                code = self._process.poll()
-                if code is not None:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxPrometheusError(f"prometheus exited with code {code} on start: {log}")
-                try:
-                    if client.get(f"{self.base_url}/-/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxPrometheusError(
-                        f"prometheus was not ready on {self.base_url} within {self._startup_timeout:.0f} s: {log}"
-                    )
-                time.sleep(0.05)
+        self._wait_for_http(f"{self.base_url}/-/ready", f"was not ready on {self.base_url}")
 
     def wait_for_target_up(self, timeout: float = 15.0, job: str | None = None) -> None:
         """Wait until every target of `job` (default: of every job) was scraped successfully."""
@@ -176,37 +119,3 @@ class PrometheusServer:
                 if time.monotonic() > deadline:
                     raise SandboxPrometheusError(f"targets not up within {timeout:g} s: {states or 'none yet'}")
                 time.sleep(0.1)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        if self._log is None:
-            return "(no log)"
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip()
-        if len(text) > limit:
-            text = f"{text[: limit // 2]}\n...\n{text[-limit // 2 :]}"
-        return text or "(empty log)"
-
-    def log(self) -> str:
-        """What Prometheus wrote so far (handy when a test fails)."""
-        return self._log_tail(limit=20000)
-
-    def _stop_process(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def stop(self) -> None:
-        """Stop Prometheus and remove its configuration and data."""
-        self._stop_process()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None

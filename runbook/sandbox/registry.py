@@ -14,16 +14,13 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import httpx
+
+from runbook.sandbox.process import LocalServer
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 
@@ -44,14 +41,6 @@ _KINDS = ("oci-manifest", "docker-v2", "oci-index", "docker-list")
 
 class SandboxRegistryError(RuntimeError):
     """The sandbox registry could not be started or refused an upload."""
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _htpasswd_line(user: str, password: str) -> str:
@@ -75,8 +64,14 @@ def _htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{hashed}"
 
 
-class RegistryServer:
+class RegistryServer(LocalServer):
     """A Distribution registry process on 127.0.0.1 for as long as the context lasts."""
+
+    _error = SandboxRegistryError
+    _name = "docker-registry"
+    _title = "the registry"
+    _tmp_prefix = "runbook-registry-"
+    _log_name = "registry.log"
 
     def __init__(
         self,
@@ -95,16 +90,13 @@ class RegistryServer:
             raise ValueError("mode='htpasswd' needs users={'name': 'password'}")
         if mode == "token" and not (realm and issuer and service and rootcertbundle):
             raise ValueError("mode='token' needs realm=, issuer=, service= and rootcertbundle=")
+        super().__init__(startup_timeout=startup_timeout)
         self.mode: Mode = mode
         self._users = dict(users or {})
         self._realm = realm
         self._issuer = issuer
         self._service = service
         self._rootcertbundle = str(rootcertbundle) if rootcertbundle is not None else None
-        self._startup_timeout = startup_timeout
-        self._tmp: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
         self.port = 0
 
     def __repr__(self) -> str:
@@ -119,13 +111,6 @@ class RegistryServer:
     def base_url(self) -> str:
         """`http://127.0.0.1:PORT`."""
         return f"http://{self.host}"
-
-    @property
-    def root(self) -> Path:
-        """The temporary directory holding config, htpasswd file and storage."""
-        if self._tmp is None:
-            raise SandboxRegistryError("the registry is not running: use it as a context manager")
-        return self._tmp
 
     def _config(self, port: int) -> dict[str, Any]:
         """The registry configuration for this mode (JSON is valid YAML, which the registry reads)."""
@@ -155,107 +140,21 @@ class RegistryServer:
             }
         return config
 
-    def __enter__(self) -> RegistryServer:
-        self.start()
-        return self
+    def _preflight(self) -> None:
+        self._require(DOCKER_REGISTRY, "docker-registry (Distribution 2.8)")
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def _start(self) -> None:
         """Write the config, start the registry and wait until `/v2/` answers."""
-        if not Path(DOCKER_REGISTRY).exists():
-            raise SandboxRegistryError(
-                f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (Distribution 2.8)"
-            )
-        self._tmp = Path(tempfile.mkdtemp(prefix="runbook-registry-"))
-        try:
-            last_error = ""
-            for _ in range(3):  # another process may grab the free port between probe and bind
-                try:
-                    self._start_once(_free_port())
-                    return
-                except SandboxRegistryError as exc:
-                    last_error = str(exc)
-                    if "address already in use" not in last_error:
-                        raise
-            raise SandboxRegistryError(last_error)
-        except BaseException:
-            self.stop()
-            raise
+        self._start_on_free_port(self._start_once)
 
     def _start_once(self, port: int) -> None:
         config_path = self.root / "config.yml"
         config_path.write_text(json.dumps(self._config(port), indent=2))
         # REGISTRY_* variables would override the config file; keep the environment out of it.
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        self._stderr = open(self.root / "registry.log", "w+b")  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(
-            [DOCKER_REGISTRY, "serve", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._stderr,
-            stderr=self._stderr,
-            env=env,
-            cwd=self.root,
-        )
+        self._spawn([DOCKER_REGISTRY, "serve", str(config_path)], env=env)
         self.port = port
-        deadline = time.monotonic() + self._startup_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while True:
-                code = self._process.poll()
-                if code is not None:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxRegistryError(f"docker-registry exited with code {code} on start: {log}")
-                try:
-                    client.get(f"{self.base_url}/v2/")
-                    return  # any status: the registry is serving
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    log = self._log_tail()
-                    self._stop_process()
-                    raise SandboxRegistryError(
-                        f"docker-registry did not answer on {self.base_url}/v2/ within "
-                        f"{self._startup_timeout:.0f} s: {log}"
-                    )
-                time.sleep(0.05)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        if self._stderr is None:
-            return "(no log)"
-        self._stderr.flush()
-        self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
-        if len(text) > limit:  # a Go panic puts the reason first and a long stack after it
-            text = f"{text[: limit // 2]}\n...\n{text[-limit // 2 :]}"
-        return text or "(empty log)"
-
-    def _stop_process(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    def stop(self) -> None:
-        """Stop the registry and remove its temporary directory."""
-        self._stop_process()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def log(self) -> str:
-        """What the registry wrote to stdout/stderr so far (handy when a test fails)."""
-        return self._log_tail(limit=20000)
+        self._wait_for_http(f"{self.base_url}/v2/", f"did not answer on {self.base_url}/v2/", any_status=True)
 
 
 def _digest(data: bytes) -> str:
