@@ -13,7 +13,6 @@ exception or repr; messages name where the secret is configured (`secret_hint`),
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import ipaddress
 import json
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from runbook.errors import ImageNotFoundError, RegistryError
+from runbook.http import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -284,20 +284,6 @@ def is_loopback(hostport: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
 class RegistryClient:
@@ -665,7 +651,7 @@ class RegistryClient:
                     f"{what} answered HTTP {status} ({attempt} attempts)",
                     hint="the registry is failing: check its status page and retry later",
                 )
-            pause = _retry_after(response.headers.get("Retry-After"), self.max_retry_after)
+            pause = retry_after(response.headers.get("Retry-After"), self.max_retry_after)
             if pause is None:
                 pause = self._backoff(attempt)
             log.info("%s answered HTTP %d; retrying in %.1f s", what, status, pause)

@@ -13,7 +13,6 @@ started, and the error says so with the idempotency key. No secret or signature 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import hmac
 import json
@@ -27,6 +26,7 @@ import httpx
 
 from runbook.config import WebhookTarget
 from runbook.errors import DeployError
+from runbook.http import retry_after
 from runbook.targets.base import DeployRequest, DeployResult
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,6 @@ def request_body(request: DeployRequest) -> bytes:
         "run_id": request.run_id,
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, min(when.timestamp() - time.time(), cap))
 
 
 def _display(url: str) -> str:
@@ -225,7 +211,7 @@ class WebhookDeployTarget:
                         hint=f"the deploy API is failing or throttling; if it deployed anyway it holds a deploy "
                         f"with Idempotency-Key {key}; check it, then run again",
                     )
-                asked = _retry_after(response.headers.get("Retry-After"), self.max_retry_after)
+                asked = retry_after(response.headers.get("Retry-After"), self.max_retry_after)
                 pause = self._backoff(attempt) if asked is None else asked
                 log.info("deploy webhook %s answered HTTP %d; retrying in %.1f s", self._url, status, pause)
                 time.sleep(pause)

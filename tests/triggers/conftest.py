@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,36 +69,44 @@ def _wait(check: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextmanager
+def serving(api: str, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -> Iterator[Served]:
+    """`runbook serve` against `api` for the sandbox, until its deployments (and alert endpoint) are up."""
+    data = sandbox.config_data()
+    if alerts:
+        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
+    config = sandbox.write_config(data, "served.yaml")
+    port = free_port()
+    log = workdir / "serve.log"
+    env = server_env(str(workdir / "prefect-home"), PREFECT_API_URL=api, RUNBOOK_ALERT_TOKEN=ALERT_TOKEN)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    alerts_url = f"http://127.0.0.1:{port}" if alerts else ""
+    try:
+        try:
+            if alerts:
+                _wait(lambda: httpx.get(f"{alerts_url}/healthz", timeout=1).status_code == 200, 90, "the endpoint")
+            _wait(
+                lambda: httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
+                90, "the rollback deployment",
+            )  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; serve log:\n{log.read_text()[-3000:]}") from None
+        yield Served(api, sandbox, alerts_url, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 @pytest.fixture(scope="package")
 def served(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("served")
-    with Sandbox(workdir / "sandbox", run_step_seconds=0.05) as sandbox:
-        data = sandbox.config_data()
-        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
-        config = sandbox.write_config(data, "served.yaml")
-        port = free_port()
-        log = workdir / "serve.log"
-        env = server_env(str(workdir / "prefect-home"), PREFECT_API_URL=prefect_api, RUNBOOK_ALERT_TOKEN=ALERT_TOKEN)
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        alerts_url = f"http://127.0.0.1:{port}"
-        try:
-            _wait(lambda: httpx.get(f"{alerts_url}/healthz", timeout=1).status_code == 200, 90, "the alert endpoint")
-            _wait(
-                lambda: httpx.get(f"{prefect_api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
-                90,
-                "the rollback deployment",
-            )
-            yield Served(prefect_api, sandbox, alerts_url, process, log)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with Sandbox(workdir / "sandbox", run_step_seconds=0.05) as sandbox, serving(prefect_api, sandbox, workdir) as s:
+        yield s

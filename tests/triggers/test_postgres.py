@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import httpx
 from runbook.sandbox.postgres import PostgresServer
 from runbook.sandbox.world import Sandbox
 from runbook.serve import local_prefect_server
-from tests.triggers.conftest import ROOT, Served, _wait, free_port, server_env
+from tests.triggers.conftest import _wait, free_port, server_env, serving
 from tests.triggers.test_serve import create_run, wait_terminal
 
 # The setting Prefect 3.9 reads (PREFECT_API_DATABASE_CONNECTION_URL is its older alias, also accepted).
@@ -62,35 +59,6 @@ def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(fetch())
 
 
-@contextmanager
-def serving(api: str, sandbox: Sandbox, workdir: Path) -> Iterator[Served]:
-    """`runbook serve` against `api` for the sandbox's configuration (as the `served` fixture starts it)."""
-    config = sandbox.write_config(sandbox.config_data(), "served.yaml")
-    log = workdir / "serve.log"
-    env = server_env(str(workdir / "serve-home"), PREFECT_API_URL=api)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        try:
-            _wait(
-                lambda: httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
-                90, "the rollback deployment",
-            )  # fmt: skip
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; serve log:\n{log.read_text()[-3000:]}") from None
-        yield Served(api, sandbox, "", process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -> None:
     server_home = tmp_path / "server-home"
     with (
@@ -105,7 +73,7 @@ def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -
 
         with (
             Sandbox(tmp_path / "sandbox", run_step_seconds=0.05) as sandbox,
-            serving(api, sandbox, tmp_path) as served,
+            serving(api, sandbox, tmp_path, alerts=False) as served,
         ):
             before = len(sandbox.github.dispatches())
             created = time.monotonic()
