@@ -1,9 +1,12 @@
 """What Prefect costs a rollback: the flow against the sandbox, then the same HTTP calls in a plain script.
 
 Run: .venv/bin/python benchmarks/rollback_overhead.py [--runs N]
-Both paths use the same code for each call (PyGithub, the registry client, slack-sdk, the health probes),
-on a fresh sandbox each, with zero added latency (the sandbox's workflow run completes at once). The
-difference between the two wall times is the orchestration overhead. Not a test: it asserts nothing.
+Both paths make the same calls with the same code (PyGithub, the registry client, slack-sdk, the health
+probes: Slack root, status updates and replies; deployments list; commits; manifests; the GitHub deployment
+record; dispatch and run; probes; mark rolled back), on a fresh sandbox each, with zero added latency (the
+sandbox's workflow run completes at once). The difference between the two wall times is the orchestration
+overhead (Prefect's task and flow runs, result persistence, artifacts, events, the concurrency slot).
+Not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from runbook.images import find_image, image_exists, registry_client
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from runbook.targets import DeployRequest, build_target
 from tasks.health_check import run_health_check
-from tasks.notify import post
+from tasks.notify import post, update
 from tasks.resolve_sha import resolve
 
 
@@ -67,10 +70,15 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
         times["verify-image"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    update(config, thread, messages.incident_message(ctx, messages.status_rolling_back(ctx, resolution.sha)))
     post(config, channel, messages.rollback_started_message(ctx, resolution.sha), thread)
     times["notify-rollback-started"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    rollout = repo_api.record_deployment(
+        repo, sha=resolution.sha, environment=ENVIRONMENT, state="in_progress", description="bench", log_url=None,
+        payload={},
+    )  # fmt: skip
     target.current_version()
     target.deploy(DeployRequest(SERVICE, ENVIRONMENT, resolution.sha, manifest.image, manifest.digest, "", "bench"))
     times["deploy"] = time.perf_counter() - mark
@@ -80,15 +88,10 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     times["health-check"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    repo_api.record_deployment(
-        repo,
-        sha=resolution.sha,
-        environment=ENVIRONMENT,
-        state="success",
-        description="bench",
-        log_url=None,
-        payload={},
-    )
+    repo_api.set_deployment_status(repo, rollout, state="success", description="bench", log_url=None)
+    if resolution.running:
+        repo_api.mark_rolled_back(repo, ENVIRONMENT, resolution.running, "bench")
+    update(config, thread, messages.incident_message(ctx, messages.status_recovered(ctx, resolution.sha, 0.0)))
     post(config, channel, messages.recovered_message(ctx, resolution.sha, manifest.digest, 0.0), thread, True)
     times["record + notify-outcome"] = time.perf_counter() - mark
     return time.perf_counter() - start, times
