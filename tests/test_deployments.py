@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from deployments.spec import deployment_specs, prefect_yaml
 from runbook.cli import app
@@ -34,35 +34,23 @@ def test_one_rehearsal_per_environment_drill_only_in_staging() -> None:
 @pytest.mark.usefixtures("prefect_server")
 def test_runbook_rollback_dry_run_from_the_shell(tmp_path: Path) -> None:
     with Sandbox(tmp_path, run_step_seconds=0.05) as sandbox:
-        result = CliRunner().invoke(
-            app,
-            [
+
+        def runbook_rollback(*extra: str) -> Result:
+            base = [
                 "rollback",
                 "--service",
                 "shop",
                 "--environment",
                 "production",
-                "--dry-run",
                 "--config",
                 str(sandbox.config_path),
-            ],
-        )
+            ]
+            return CliRunner().invoke(app, [*base, *extra])
+
+        result = runbook_rollback("--dry-run")
         assert result.exit_code == 0, result.output
         assert sandbox.github.mutating_requests() == [] and sandbox.slack.messages == []
 
-        result = CliRunner().invoke(
-            app,
-            [
-                "rollback",
-                "--service",
-                "shop",
-                "--environment",
-                "production",
-                "--sha",
-                "zzz",
-                "--config",
-                str(sandbox.config_path),
-            ],
-        )
+        result = runbook_rollback("--sha", "zzz")
         assert result.exit_code == 1
         assert sandbox.github.dispatches() == []

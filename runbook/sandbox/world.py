@@ -99,18 +99,26 @@ class Sandbox:
         self.stop()
 
     def _seed(self) -> None:
+        self._seed_history()
+        self.app.broken.add(self.commits.broken)
+        self.app.deploy(self.commits.broken)
+
+    def _seed_history(self) -> None:
+        """The repository, its workflow, and each commit built, pushed and deployed by CI."""
         self.github.add_repository(REPOSITORY)
         self.github.add_workflow(REPOSITORY)
         shas = []
         for message in HISTORY:
             sha = self.github.add_commit(REPOSITORY, message)
-            push_image(self.registry.base_url, "acme/shop", sha, payload=f"shop {message}".encode())
+            self._release(sha, message, broken=message == HISTORY[-1])
             # CI deployed every commit, and each looked healthy when it went out.
             self.github.add_deployment(REPOSITORY, sha, ENVIRONMENT, state="success", description="CI deploy")
             shas.append(sha)
         self.commits = SandboxCommits(shas)
-        self.app.broken.add(self.commits.broken)
-        self.app.deploy(self.commits.broken)
+
+    def _release(self, sha: str, message: str, *, broken: bool) -> None:
+        """Build and push the image of one commit (here: an image whose content names the commit)."""
+        push_image(self.registry.base_url, "acme/shop", sha, payload=f"shop {message}".encode())
 
     def push(self, sha: str) -> str:
         """Push an image for a commit (tests use it for commits added later)."""

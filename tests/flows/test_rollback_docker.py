@@ -20,7 +20,7 @@ import pytest
 from flows.rollback import rollback
 from runbook.sandbox.dockerd import DockerEngine, build_service_image
 from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, HISTORY, REPOSITORY, SERVICE, Sandbox, SandboxCommits
+from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 
 SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."
 
@@ -43,16 +43,11 @@ class DockerSandbox(Sandbox):
         self.port = _free_port()
         self.digests: dict[str, str] = {}
 
+    def _release(self, sha: str, message: str, *, broken: bool) -> None:
+        self.push(sha, broken=broken)
+
     def _seed(self) -> None:
-        self.github.add_repository(REPOSITORY)
-        self.github.add_workflow(REPOSITORY)
-        shas = []
-        for message in HISTORY:
-            sha = self.github.add_commit(REPOSITORY, message)
-            self.push(sha, broken=message == HISTORY[-1])
-            self.github.add_deployment(REPOSITORY, sha, ENVIRONMENT, state="success", description="CI deploy")
-            shas.append(sha)
-        self.commits = SandboxCommits(shas)
+        self._seed_history()
         with contextlib.closing(self.engine.client()) as client:
             client.containers.run(
                 f"{self.image}:{self.commits.broken}",
