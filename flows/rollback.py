@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
@@ -217,7 +218,8 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
     request = DeployRequest(
         service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
     )
-    rollout = open_rollout(config, request, record.run_url)
+    # The GitHub record is written alongside the deploy, not before it: MTTR does not wait for it.
+    opening = open_rollout.submit(config, request, record.run_url)
     try:
         with record.step("deploy") as step:
             result = deploy(config, request)
@@ -227,12 +229,14 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
                 record.links["deploy"] = result.link
         _verify(config, record)
     except Exception:
+        rollout = _rollout_id(opening, record)
         if rollout is not None:
             close_rollout(
                 config, service, rollout, "failure", f"rollback failed: {record.steps[-1].name}", record.run_url
             )
         raise
     record.outcome = "recovered"
+    rollout = _rollout_id(opening, record)
     if rollout is not None:
         close_rollout(config, service, rollout, "success", f"rollback to {resolution.short}: healthy", record.run_url)
     if resolution.running and not result.skipped and record.trigger != "drill":
@@ -267,6 +271,15 @@ def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
         with record.step("smoke-checks") as step:
             record.smoke_summary = check_smoke(config, service, environment)
             step.detail = record.smoke_summary[0] if record.smoke_summary else ""
+
+
+def _rollout_id(opening: PrefectFuture[int | None], record: RollbackRecord) -> int | None:
+    """The GitHub deployment id the record was opened with, or None (never fails the rollback)."""
+    outcome = opening.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        record.warn(f"GitHub deployment record: {describe_error(outcome)}")
+        return None
+    return outcome
 
 
 def _run_url() -> str | None:
