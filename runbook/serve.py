@@ -22,6 +22,7 @@ import httpx
 
 from runbook.config import CONFIG_ENV_VAR, load_config
 from runbook.errors import RunbookError
+from runbook.processes import stop_process
 
 POLL_SETTINGS = {
     # Whole seconds; 1 is the minimum. Created run -> Running: 7.2 s median at 10, 1.5 s at 1 (PREFECT-NOTES).
@@ -67,11 +68,7 @@ def local_prefect_server(
             time.sleep(0.3)
         yield api
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         if process.stderr:
             process.stderr.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from runbook.errors import InvalidShaError
 
@@ -22,14 +21,6 @@ def normalize_sha(value: str) -> str:
             "or leave the field empty to return to the last known good version",
         )
     return sha
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A commit older than the running one, and whether its rollout was recorded healthy."""
-
-    sha: str
-    healthy: bool
 
 
 def last_known_good_candidates(history: Sequence[str], running: str, healthy: Iterable[str]) -> list[str]:

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before Prefect is imported anywhere: its settings are read at import.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="runbook-tests-prefect-")
@@ -17,6 +18,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from runbook.sandbox.world import Sandbox
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -39,3 +43,12 @@ def output_dir() -> Path:
     """Where tests keep what a person may want to look at (screenshots, rendered post-mortems)."""
     OUTPUT_DIR.mkdir(exist_ok=True)
     return OUTPUT_DIR
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """The sandbox world (real registry, GitHub and Slack stand-ins, the app), fresh for each test."""
+    from runbook.sandbox.world import Sandbox
+
+    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
+        yield world

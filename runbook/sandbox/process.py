@@ -21,6 +21,8 @@ from typing import IO, Any, ClassVar, NoReturn, Self
 
 import httpx
 
+from runbook.processes import stop_process
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
@@ -175,13 +177,8 @@ class LocalServer:
     def _stop_process(self) -> None:
         """Terminate the process (kill it after `_stop_timeout`) and close its log."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=self._kill_timeout)
+        if process is not None:
+            stop_process(process, self._stop_timeout, self._kill_timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
-from flows.rollback import rollback
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, Sandbox
 from tests.support.prefect_events import read_events, wait_for_events
+from tests.support.rollback import run_rollback as _run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
-        yield world
-
-
-def _run(sandbox: Sandbox, config: Path | None = None, **parameters: Any) -> Any:
-    return rollback(
-        service=SERVICE,
-        environment=ENVIRONMENT,
-        config_path=str(config or sandbox.config_path),
-        return_state=True,
-        **parameters,
-    )
 
 
 def test_the_root_message_tracks_the_status_and_the_thread_links_everything(sandbox: Sandbox) -> None:

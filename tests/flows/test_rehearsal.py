@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -17,11 +15,9 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
-        # Rehearsals run on a healthy service.
-        world.app.broken.clear()
-        yield world
+def sandbox(sandbox: Sandbox) -> Sandbox:
+    sandbox.app.broken.clear()  # rehearsals run on a healthy service
+    return sandbox
 
 
 def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -15,28 +13,13 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.rollback import rollback
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from tests.support.rollback import run_rollback as run
 
 SEED_1 = "Incident en production détecté. Investigation en cours."
 SEED_2 = "Déclenchement de la procédure de rollback vers la version `{sha}`."
 SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
-        yield world
-
-
-def run(sandbox: Sandbox, config: Path | None = None, **parameters: Any) -> Any:
-    return rollback(
-        service=SERVICE,
-        environment=ENVIRONMENT,
-        config_path=str(config or sandbox.config_path),
-        return_state=True,
-        **parameters,
-    )
 
 
 def artifacts(flow_run_id: UUID) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,12 +31,6 @@ def metrics() -> Iterator[tuple[MetricsApp, PrometheusServer]]:
             time.sleep(0.5)
         yield app, prometheus
         app.failing = False
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
-        yield world
 
 
 def _config(sandbox: Sandbox, metrics: tuple[MetricsApp, PrometheusServer], **extra: Any) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -19,12 +17,6 @@ from flows.rollback import rollback
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.3) as world:
-        yield world
 
 
 def _in_thread(**parameters: Any) -> tuple[threading.Thread, dict[str, Any]]:

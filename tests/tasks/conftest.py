@@ -1,20 +1,11 @@
-"""Fixtures for the task tests: the sandbox world (real registry, GitHub and Slack stand-ins, the app)."""
+"""Fixtures for the task tests: the configuration of the sandbox (the `sandbox` fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from runbook.config import RunbookConfig, load_config
 from runbook.sandbox.world import Sandbox
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path, run_step_seconds=0.05) as world:
-        yield world
 
 
 @pytest.fixture

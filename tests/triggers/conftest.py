@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from runbook.processes import stop_process
 from runbook.sandbox.world import Sandbox
 from runbook.serve import local_prefect_server
 
@@ -97,12 +98,7 @@ def serving(api: str, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -
             raise AssertionError(f"{exc}; serve log:\n{log.read_text()[-3000:]}") from None
         yield Served(api, sandbox, alerts_url, process, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=20)
 
 
 @pytest.fixture(scope="package")
