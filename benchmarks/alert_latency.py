@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -70,7 +70,8 @@ def main() -> None:
         data = sandbox.config_data(
             deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
         )
-        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
+        # No hold: each trial is a new incident starting after the previous automatic rollback ended.
+        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
         config = sandbox.write_config(data, "bench.yaml")
         port = free_port()
         env = server_env(str(work / "serve-home"), PREFECT_API_URL=api, RUNBOOK_ALERT_TOKEN=TOKEN)
@@ -96,7 +97,6 @@ def main() -> None:
                 time.sleep(0.3)
             sandbox.app.broken.clear()  # the story's versions are all good here: each trial breaks a new one
             latencies, runs = [], []
-            base = datetime.now(UTC).replace(second=0, microsecond=0)
             for trial in range(args.trials):
                 # CI ships a new version that breaks: the app runs it, GitHub records it deployed.
                 sha = sandbox.github.add_commit(REPOSITORY, f"Broken release {trial}")
@@ -105,8 +105,8 @@ def main() -> None:
                 sandbox.app.broken.add(sha)
                 sandbox.app.deploy(sha)
                 before = len(sandbox.github.dispatches())
-                # One minute apart: each trial is a new incident (new idempotency key).
-                body = alert_body(base - timedelta(minutes=args.trials - trial))
+                # Started now, after the previous trial's rollback ended: a new incident, not held.
+                body = alert_body(datetime.now(UTC))
                 start = time.time()
                 answer = httpx.post(endpoint, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
                 answer.raise_for_status()

@@ -29,6 +29,7 @@ from runbook import messages
 from runbook import repository as repo_api
 from runbook.config import load_config
 from runbook.images import find_image, image_exists, registry_client
+from runbook.running import find_running
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from runbook.targets import DeployRequest, build_target
 from tasks.health_check import run_health_check
@@ -62,7 +63,7 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     repo = repo_api.connect(config.github, service.repository)
     target = build_target(config, SERVICE, ENVIRONMENT)
     with registry_client(config) as registry:
-        running = target.current_version()
+        running = find_running(repo, ENVIRONMENT, env, target, print)
         resolution = resolve(repo, service, ENVIRONMENT, None, running, lambda s: image_exists(registry, service, s))
         times["resolve-sha"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -90,7 +91,7 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     mark = time.perf_counter()
     repo_api.set_deployment_status(repo, rollout, state="success", description="bench", log_url=None)
     if resolution.running:
-        repo_api.mark_rolled_back(repo, ENVIRONMENT, resolution.running, "bench")
+        repo_api.mark_rolled_back(repo, ENVIRONMENT, resolution.running, "bench", resolution.running_deployment_id)
     update(config, thread, messages.incident_message(ctx, messages.status_recovered(ctx, resolution.sha, 0.0)))
     post(config, channel, messages.recovered_message(ctx, resolution.sha, manifest.digest, 0.0), thread, True)
     times["record + notify-outcome"] = time.perf_counter() - mark

@@ -23,6 +23,11 @@ class Announcer:
         self._root = _NOTHING
         self._webhook_warned = False
 
+    @property
+    def thread(self) -> Posted:
+        """The thread's root, once posted (what a later run replies to)."""
+        return self._root
+
     def incident(self) -> None:
         """Seed message 1: the thread's root."""
         if self._enabled:

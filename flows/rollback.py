@@ -22,21 +22,32 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
+from flows._hold import deploy_starting, hold_alert, previous_rollback
 from flows._slack import Announcer
 from runbook import messages
 from runbook.approval import wait_for_approval
 from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
+from runbook.errors import DeployError, RunbookError
 from runbook.events import emit
 from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
+from runbook.repository import UnfinishedRollout
 from runbook.retries import collect_retries
 from runbook.targets import DeployRequest
-from tasks.deploy import close_rollout, deploy, finish_deploy, mark_rolled_back, open_rollout, preflight_deploy
+from tasks.deploy import (
+    close_rollout,
+    deploy,
+    find_unfinished_rollout,
+    finish_deploy,
+    mark_rolled_back,
+    open_rollout,
+    preflight_deploy,
+)
 from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
-from tasks.resolve_sha import resolve_sha
-from tasks.verify_image import verify_image
+from tasks.resolve_sha import Resolution, resolve_sha
+from tasks.verify_image import ImageCheck, verify_image
 
 _SERVICES, _ENVIRONMENTS = configured_names()
 if TYPE_CHECKING:
@@ -123,12 +134,18 @@ def rollback(
     )
     options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, notify and not dry_run)
     with ExitStack() as stack:
+        stale = None
         if not dry_run:
             try:
-                stack.enter_context(one_rollback_at_a_time(service, environment))
+                stale = stack.enter_context(one_rollback_at_a_time(service, environment, flow_run.id))
             except RollbackInProgressError as exc:
                 get_run_logger().warning(str(exc))
                 return Cancelled(message=str(exc))
+        if stale:
+            record.note(f"released the rollback slot of {stale}, which can no longer hold it")
+        held = hold_alert(config, record, notify)  # one incident, one automatic rollback: a held alert stops here
+        if held is not None:
+            return held
         return _run(config, record, options)
 
 
@@ -146,6 +163,7 @@ def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> Ro
         run_url=record.run_url,
         language=config.slack.language,
         alert=record.alert_line(),
+        previous=previous_rollback(config, record),
     )
     slack = Announcer(config, record, ctx, enabled=options.posts)
     if not options.dry_run:
@@ -188,19 +206,32 @@ def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> Ro
 def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, options: _Options) -> None:
     """The seed's sections 3.1 to 3.3, in order."""
     service, environment = record.service, record.environment
+    # A rollback that never finished (its run died, or this run is retried) is followed, never started again.
+    unfinished = None if options.dry_run else _unfinished(config, record, options)
     with record.step("resolve-sha") as step:
-        resolution = resolve_sha(config, service, environment, options.sha)
+        if unfinished is not None:
+            resolution = Resolution(unfinished.sha, "", unfinished.from_sha, "unfinished rollback")
+            step.detail = f"{resolution.short}: resuming rollback {unfinished.rollback_id}, never finished"
+        else:
+            resolution = resolve_sha(config, service, environment, options.sha)
+            step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
         record.from_sha, record.to_sha, record.sha_source = resolution.running, resolution.sha, resolution.source
-        step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
+        record.running_source = resolution.running_source
         if resolution.warning:
             record.warn(resolution.warning)
         if resolution.compare_url:
             record.links["changes rolled back"] = resolution.compare_url
 
     with record.step("verify-image") as step:
-        image = verify_image(config, service, resolution.sha)
+        if unfinished is not None:
+            # What the unfinished rollout was deploying, by digest: exactly that, whatever the tag says now.
+            name = unfinished.image.split("@", 1)[0]
+            image = ImageCheck(f"{name}:{unfinished.sha}", unfinished.digest, "recorded by the unfinished rollout")
+            step.detail = f"{image.image} (recorded by rollback {unfinished.rollback_id})"
+        else:
+            image = verify_image(config, service, resolution.sha)
+            step.detail = f"{image.image} = {image.digest}"
         record.image, record.digest = image.image, image.digest
-        step.detail = f"{image.image} = {image.digest}"
 
     if options.dry_run:
         with record.step("preflight-deploy") as step:
@@ -214,12 +245,22 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
             record.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
             step.detail = f"approved by {record.approval}"
 
-    slack.rollback_started(resolution.sha, resolution.compare_url)
     request = DeployRequest(
-        service, environment, resolution.sha, image.pinned, image.digest, record.reason, str(flow_run.id)
+        service,
+        environment,
+        resolution.sha,
+        image.pinned,
+        image.digest,
+        record.reason,
+        rollback_id=unfinished.rollback_id if unfinished else str(flow_run.id),
+        resume_since=unfinished.created_at if unfinished else None,
     )
-    # The GitHub record is written alongside the deploy, not before it: MTTR does not wait for it.
-    opening = open_rollout.submit(config, request, record.run_url)
+    # The intent is recorded BEFORE the deploy call (while the Slack post goes out), so that whatever happens to
+    # this process, the next attempt finds the deploy it may have started.
+    opening = None if unfinished else open_rollout.submit(config, request, record.run_url, resolution.running)
+    slack.rollback_started(resolution.sha, resolution.compare_url)
+    rollout = unfinished.deployment_id if unfinished else _rollout_id(opening, record)
+    deploy_starting(record, slack.thread)
     try:
         with record.step("deploy") as step:
             result = deploy(config, request)
@@ -227,21 +268,32 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
             step.state = "skipped" if result.skipped else "completed"
             if result.link:
                 record.links["deploy"] = result.link
+            if not result.confirmed:
+                record.warn(f"deploy not confirmed by {result.target}: {result.detail}")
         _verify(config, record)
-    except Exception:
-        rollout = _rollout_id(opening, record)
+    except Exception as exc:
         if rollout is not None:
+            # `error`: this deploy surely did nothing (it never went live); `failure`: it may have.
+            nothing = isinstance(exc, DeployError) and exc.changed is False
             close_rollout(
-                config, service, rollout, "failure", f"rollback failed: {record.steps[-1].name}", record.run_url
+                config,
+                service,
+                rollout,
+                "error" if nothing else "failure",
+                f"rollback failed: {record.steps[-1].name}" + (" (not deployed)" if nothing else ""),
+                record.run_url,
             )
         raise
     record.outcome = "recovered"
-    rollout = _rollout_id(opening, record)
     if rollout is not None:
         close_rollout(config, service, rollout, "success", f"rollback to {resolution.short}: healthy", record.run_url)
-    if resolution.running and not result.skipped and record.trigger != "drill":
+    rolled_back_from = resolution.running if resolution.running != resolution.sha else None
+    # A resumed rollout was deployed by the run that died: its version was rolled back from all the same.
+    if rolled_back_from and (not result.skipped or unfinished) and record.trigger != "drill":
         # The version rolled back from must never be chosen as a last known good (drills roll back healthy ones).
-        mark_rolled_back(config, service, environment, resolution.running, record.reason)
+        mark_rolled_back(
+            config, service, environment, rolled_back_from, record.reason, resolution.running_deployment_id
+        )
     if not result.skipped:
         cleanup = finish_deploy(config, request, result)
         if cleanup and cleanup.startswith("clean-up failed"):
@@ -252,6 +304,25 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
         "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
     )
     slack.recovered(resolution.sha, image.digest, ttr, result.link)
+
+
+def _unfinished(config: RunbookConfig, record: RollbackRecord, options: _Options) -> UnfinishedRollout | None:
+    """The unfinished rollout to follow, if any: not when a person asked for another version explicitly."""
+    try:
+        found = find_unfinished_rollout(config, record.service, record.environment)
+    except RunbookError as exc:
+        record.warn(f"could not check for an unfinished rollback: {describe_error(exc)}")
+        return None
+    if found is None:
+        return None
+    wanted = options.sha.strip().lower() if options.sha else None
+    if wanted and not found.sha.startswith(wanted):
+        record.warn(
+            f"rollback {found.rollback_id} to {found.sha[:7]} never finished; {wanted[:7]} was asked for explicitly"
+        )
+        return None
+    record.note(f"resuming rollback {found.rollback_id} to {found.sha[:7]} (recorded {found.created_at:%H:%M:%S})")
+    return found
 
 
 def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
@@ -273,8 +344,10 @@ def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
             step.detail = record.smoke_summary[0] if record.smoke_summary else ""
 
 
-def _rollout_id(opening: PrefectFuture[int | None], record: RollbackRecord) -> int | None:
+def _rollout_id(opening: PrefectFuture[int | None] | None, record: RollbackRecord) -> int | None:
     """The GitHub deployment id the record was opened with, or None (never fails the rollback)."""
+    if opening is None:
+        return None
     outcome = opening.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         record.warn(f"GitHub deployment record: {describe_error(outcome)}")

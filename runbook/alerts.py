@@ -12,26 +12,34 @@ Status codes: 401 no or wrong token, 413 body too large, 400 not JSON, 422 not t
 field), 503 the launcher (the Prefect API) failed — the only 5xx, so Alertmanager retries it and only it.
 
 `PrefectLauncher` keeps one rollback per (service, environment): an active run of the deployment with the same
-`service` and `environment` parameters is returned instead of a new one. Its idempotency key
-(`alert:<service>:<environment>:<alert start, to the minute>`) makes a repeat notification of an alert whose
-rollback already ended return that run rather than start another; a new incident has a new start time.
+`service` and `environment` parameters is returned instead of a new one. Its idempotency key (the alert group's
+`groupKey` and each firing alert's fingerprint and start, hashed) makes a repeat notification of the same
+alerts return the run they started rather than start another; two incidents in the same minute differ.
+
+One incident, at most one automatic rollback (runbook/hold.py): after an automatic rollback, alerts that
+started before it ended or within `alerts.hold_minutes` after are held. The flow decides (and tells the
+rollback's Slack thread, once per alert group); the launcher answers `held` without creating a run for a group
+that was already told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from runbook import hold
 from runbook.config import AlertSettings, RunbookConfig
 from runbook.errors import ConfigError, RunbookError
 
@@ -44,7 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("runbook.alerts")
 
 AlertStatus = Literal["firing", "resolved"]
-Outcome = Literal["started", "already-running", "ignored"]
+Outcome = Literal["started", "already-running", "held", "ignored"]
 
 #: Prefect state types of a run that is still going (AwaitingRetry/Late are SCHEDULED, Retrying is RUNNING).
 ACTIVE_STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
@@ -95,7 +103,7 @@ class AlertmanagerPayload(_Wire):
     truncated_alerts: int = Field(default=0, alias="truncatedAlerts")
 
     def to_alerts(self) -> list[Alert]:
-        return [_common(a, a.generator_url) for a in self.alerts]
+        return [_common(a, a.generator_url, self.group_key) for a in self.alerts]
 
 
 class GrafanaAlert(AlertmanagerAlert):
@@ -120,7 +128,7 @@ class GrafanaPayload(AlertmanagerPayload):
 
     def to_alerts(self) -> list[Alert]:
         # The panel or dashboard is what a person wants to see; generatorURL is the rule's edit page.
-        return [_common(a, a.panel_url or a.dashboard_url or a.generator_url) for a in self.alerts]
+        return [_common(a, a.panel_url or a.dashboard_url or a.generator_url, self.group_key) for a in self.alerts]
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,7 @@ class Alert:
     starts_at: datetime
     link: str | None
     fingerprint: str
+    group_key: str = ""  # the webhook's `groupKey`: which alert group it belongs to
 
 
 def label_fingerprint(labels: Mapping[str, str]) -> str:
@@ -146,7 +155,7 @@ def label_fingerprint(labels: Mapping[str, str]) -> str:
     return f"{value:016x}"
 
 
-def _common(alert: AlertmanagerAlert, link: str) -> Alert:
+def _common(alert: AlertmanagerAlert, link: str, group_key: str) -> Alert:
     return Alert(
         name=alert.labels.get("alertname", ""),
         status=alert.status,
@@ -155,6 +164,7 @@ def _common(alert: AlertmanagerAlert, link: str) -> Alert:
         starts_at=alert.starts_at.astimezone(UTC),
         link=link or None,
         fingerprint=alert.fingerprint or label_fingerprint(alert.labels),
+        group_key=group_key,
     )
 
 
@@ -253,15 +263,27 @@ class RollbackRequest:
     alert_fingerprint: str
     alert_name: str = ""
     alert_labels: tuple[tuple[str, str], ...] = ()
+    group_key: str = ""
+    #: (fingerprint, start) of each firing alert of the group for this service and environment.
+    alerts: tuple[tuple[str, datetime], ...] = ()
+    hold_minutes: int = 30
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return sorted({f for f, _ in self.alerts} or {self.alert_fingerprint})
 
 
 @dataclass(frozen=True)
 class Launch:
-    """The run answering a request: new (`created`) or the one already there; `state` is its state type."""
+    """The run answering a request: new (`created`) or the one already there; `state` is its state type.
+
+    `held` (with the automatic rollback's run as `run_id`, state HELD): no run, and why.
+    """
 
     run_id: str
     created: bool
     state: str
+    held: str | None = None
 
     @property
     def active(self) -> bool:
@@ -275,9 +297,15 @@ class RunLauncher(Protocol):
 
 
 def idempotency_key(request: RollbackRequest) -> str:
-    """`alert:<service>:<environment>:<start minute UTC>`: stable across repeats, new for a new incident."""
-    minute = request.detected_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
-    return f"alert:{request.service}:{request.environment}:{minute}"
+    """`alert:<service>:<environment>:<digest>` of the group key and each firing alert's fingerprint and start.
+
+    Stable across repeat notifications of the same alerts; new for another group, another set of alerts, or
+    the same alert firing again later (a fingerprint is only its label set; Prefect keeps keys forever).
+    """
+    alerts = request.alerts or ((request.alert_fingerprint, request.detected_at),)
+    parts = sorted(f"{fingerprint}@{start.astimezone(UTC).isoformat()}" for fingerprint, start in alerts)
+    digest = hashlib.sha256("\n".join([request.group_key, *parts]).encode()).hexdigest()[:24]
+    return f"alert:{request.service}:{request.environment}:{digest}"
 
 
 class PrefectLauncher:
@@ -371,8 +399,12 @@ class PrefectLauncher:
             ),
             limit=1,
         )
-        if earlier:  # this alert's rollback already ran and ended: Prefect would hand it back anyway
+        if earlier:  # these alerts' rollback already ran and ended: Prefect would hand it back anyway
             return _launch_of(earlier[0], created=False)
+
+        held = await _held_and_told(client, request)
+        if held is not None:
+            return held
 
         parameters: dict[str, Any] = {
             "service": request.service,
@@ -388,6 +420,9 @@ class PrefectLauncher:
                 "link": request.link,
                 "starts_at": request.detected_at.isoformat(),
                 "fingerprint": request.alert_fingerprint,
+                # For the hold: which alert group, to tell its thread once.
+                "group": request.group_key,
+                "fingerprints": request.fingerprints,
             },
         }
         if self.config_path is not None:
@@ -413,9 +448,27 @@ class PrefectLauncher:
         return self._deployment_id
 
 
+async def _held_and_told(client: PrefectClient, request: RollbackRequest) -> Launch | None:
+    """A held alert whose group was already told in the rollback's thread: nothing to start, nothing to post.
+
+    A held group not told yet gets a run all the same: the flow holds it and posts the reply (it is the safety
+    net: a second endpoint or an older one without this check changes nothing).
+    """
+    last = await hold.aread_last(client, request.service, request.environment)
+    reason = hold.hold_reason(last, request.detected_at, datetime.now(UTC), timedelta(minutes=request.hold_minutes))
+    if last is None or reason is None:
+        return None
+    if hold.group_id(request.group_key, request.fingerprints) not in last.held_groups:
+        return None
+    why = f"held: {reason}. No further automatic rollback: a person decides (already said in its Slack thread)"
+    return Launch(last.flow_run_id, False, "HELD", held=why)
+
+
 def _launch_of(run: FlowRun, *, created: bool) -> Launch:
     state = run.state_type.value if run.state_type is not None else "UNKNOWN"
-    return Launch(str(run.id), created, state)
+    # A repeat of alerts whose run the flow held: say so, not "already ran".
+    held = (run.state.message or "held") if run.state is not None and run.state.name == "Held" else None
+    return Launch(str(run.id), created, state, held=held)
 
 
 # --- the app ----------------------------------------------------------------------------------------------
@@ -545,6 +598,10 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
                 service=decision.service,
                 environment=decision.environment,
             )
+    ignored = Counter(o.reason for o in outcomes if o is not None)
+    for reason, count in sorted(ignored.items()):
+        logger.info("%s webhook: %d alert(s) ignored: %s", source, count, reason)
+    hold_minutes = alert_settings(config).hold_minutes
     for (service, environment), rollbacks in targets.items():
         # The group's earliest alert: its start is when the incident was detected.
         first = min(rollbacks, key=lambda i: (alerts[i].starts_at, i))
@@ -558,6 +615,9 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
             alerts[first].fingerprint,
             alerts[first].name,
             tuple(sorted(alerts[first].labels.items())),
+            group_key=alerts[first].group_key,
+            alerts=tuple(sorted({(alerts[i].fingerprint, alerts[i].starts_at) for i in rollbacks})),
+            hold_minutes=hold_minutes,
         )
         try:
             launch = await launcher.launch(request)
@@ -565,6 +625,17 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
             raise _Refused(503, f"cannot start the rollback of {service}/{environment}: {exc}") from None
         for index in rollbacks:
             outcomes[index] = _outcome(alerts[index], service, environment, launch, starter=index == first)
+        if launch.held:
+            logger.info(
+                "%s webhook: %s/%s alert group %r held for %d alert(s): %s",
+                source,
+                service,
+                environment,
+                request.group_key,
+                len(rollbacks),
+                launch.held,
+            )
+            continue
         logger.info(
             "%s webhook: %s/%s run %s (%s, %s) for %d alert(s)",
             source,
@@ -579,8 +650,11 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
 
 
 def _outcome(alert: Alert, service: str, environment: str, launch: Launch, *, starter: bool) -> AlertOutcome:
-    if launch.created and starter:
-        decision: Outcome = "started"
+    if launch.held:
+        decision: Outcome = "held"
+        reason = launch.held
+    elif launch.created and starter:
+        decision = "started"
         reason = f"rollback of {service}/{environment} started"
     elif launch.created or launch.active:
         decision = "already-running"
@@ -589,7 +663,7 @@ def _outcome(alert: Alert, service: str, environment: str, launch: Launch, *, st
         decision = "ignored"
         reason = (
             f"this alert's rollback already ran (run {launch.run_id} ended {launch.state}); "
-            "a new incident (new start time) starts a new one"
+            "another alert group or new alerts may start one, unless an automatic rollback holds them"
         )
     return AlertOutcome(
         fingerprint=alert.fingerprint,

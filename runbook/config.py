@@ -36,6 +36,12 @@ _TAG_FIELDS = {"sha", "short_sha"}
 _Model = Settings
 
 
+def _dotted_path(value: str) -> str:
+    if not value or any(not part for part in value.split(".")):
+        raise ValueError("must be a dotted path such as 'sha' or 'build.sha'")
+    return value
+
+
 class SecretRef(_Model):
     """Where a secret lives: an environment variable or a Prefect Secret block, never its value."""
 
@@ -133,8 +139,27 @@ class GitHubActionsTarget(_Model):
     workflow: str = "rollback-production.yml"
     ref: str | None = Field(default=None, description="branch the workflow runs from; default the service branch")
     sha_input: str = "sha"
+    digest_input: str | None = Field(
+        default="digest", description="input that carries the verified image digest; null if the workflow has none"
+    )
+    rollback_id_input: str | None = Field(
+        default="rollback_id",
+        description="input carrying the rollback id, shown in the run-name so a run can be found again; null if none",
+    )
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     timeout_seconds: float = Field(default=1800.0, gt=0)
+    lookup_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="after a dispatch whose answer was lost: how long to look for its run before saying none exists",
+    )
+    unreadable_status_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="how long the workflow run's status may stay unreadable before the health check decides",
+    )
 
 
 class DockerTarget(_Model):
@@ -171,13 +196,22 @@ class WebhookTarget(_Model):
     status_url: str | None = Field(default=None, description="polled until done; {id} is the deploy id answered")
     poll_interval_seconds: float = Field(default=2.0, gt=0)
     deadline_seconds: float = Field(default=600.0, gt=0)
+    version_url: str | None = Field(
+        default=None, description="GET answers JSON naming the commit running now; the most trusted source"
+    )
+    version_field: str = Field(default="sha", description="dotted path of the SHA in version_url's answer")
 
-    @field_validator("url", "status_url")
+    @field_validator("url", "status_url", "version_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("version_field")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _dotted_path(value)
 
 
 DeployTarget = Annotated[GitHubActionsTarget | DockerTarget | WebhookTarget, Field(discriminator="type")]
@@ -214,6 +248,33 @@ class HealthSettings(_Model):
     deadline_seconds: float = Field(default=300.0, gt=0)
 
 
+class VersionProbe(_Model):
+    """A GET of the service that tells which commit it runs: a JSON field or a response header."""
+
+    url: str
+    json_field: str | None = Field(default=None, description="dotted path of the SHA in the JSON answer; default sha")
+    header: str | None = Field(default=None, description="or a response header holding the SHA, e.g. X-Version")
+    timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("json_field")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _dotted_path(value)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> VersionProbe:
+        if self.json_field is not None and self.header is not None:
+            raise ValueError("give 'json_field' or 'header', not both")
+        return self
+
+
 class ScheduleSettings(_Model):
     """When rehearsals run (cron, in the server's time zone unless `timezone` is set)."""
 
@@ -229,6 +290,9 @@ class EnvironmentSettings(_Model):
     url: str | None = Field(default=None, description="public URL, linked in messages")
     metric: MetricCheck | None = Field(default=None, description="error-rate check after the probes (Prometheus)")
     smoke: list[SmokeCheck] = Field(default_factory=list, description="key features checked once healthy")
+    version_probe: VersionProbe | None = Field(
+        default=None, description="asks the service which commit runs, when the deploy target cannot tell"
+    )
     staging: bool = Field(default=False, description="rehearsals really roll back and forward here (drill)")
     rehearsal: ScheduleSettings | None = Field(default_factory=ScheduleSettings, description="null: no rehearsal")
 
@@ -295,6 +359,13 @@ class AlertSettings(_Model):
         description="labels an alert must carry (exact values) to start a rollback",
     )
     max_body_bytes: int = Field(default=262_144, ge=1024)
+    hold_minutes: int = Field(
+        default=30,
+        ge=0,
+        le=1440,
+        description="after an automatic rollback, alerts for that service and environment that started before it "
+        "ended, or up to this many minutes after, start no other one: its Slack thread says a person decides",
+    )
 
 
 class RunbookConfig(_Model):

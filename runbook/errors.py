@@ -73,7 +73,13 @@ class ImageNotFoundError(RegistryError):
 
 
 class DeployError(RunbookError):
+    """`changed`: False when the target surely did nothing (refused, never reached), else True or None (unknown)."""
+
     step = "deploy"
+
+    def __init__(self, message: str, *, hint: str = "", changed: bool | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.changed = changed
 
 
 class HealthCheckError(RunbookError):

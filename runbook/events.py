@@ -1,4 +1,4 @@
-"""Prefect events of the runbook (`runbook.rollback.started`, `.succeeded`, `.failed`, `runbook.rehearsal.*`).
+"""Prefect events of the runbook (`runbook.rollback.started`, `.succeeded`, `.failed`, `.held`, `runbook.rehearsal.*`).
 
 The service and environment are the event's resource, so a team can build Prefect automations on them
 (e.g. page someone on `runbook.rollback.failed` for `runbook.service.shop`).

@@ -7,6 +7,7 @@ messages carry the step, a one-line reason written by this project, and the acti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 Language = Literal["fr", "en"]
@@ -56,6 +57,23 @@ _TEXTS: dict[str, dict[Language, str]] = {
     "alert_ref": {"fr": "Alerte : {alert}", "en": "Alert: {alert}"},
     "compare_link": {"fr": "Changements annulés : {url}", "en": "Changes rolled back: {url}"},
     "deploy_link": {"fr": "Déploiement : {url}", "en": "Deployment: {url}"},
+    # After an automatic rollback: the same incident's later alerts do not roll back further.
+    "held": {
+        "fr": ":warning: Toujours en alerte après le rollback vers `{short}` : une personne décide. "
+        "Pas d'autre rollback automatique pour cet incident.",
+        "en": ":warning: Still alerting after the rollback to `{short}`: a person decides. "
+        "No further automatic rollback for this incident.",
+    },
+    "rollback_by_hand": {
+        "fr": "Rollback à la main depuis l'interface Prefect : {url} (cocher require_approval : "
+        "le run attend une approbation avant de déployer)",
+        "en": "Roll back by hand from the Prefect UI: {url} (tick require_approval: "
+        "the run waits for an approval before deploying)",
+    },
+    "previous_rollback": {
+        "fr": ":information_source: Un rollback automatique vient d'avoir lieu : vers `{short}` à {at}",
+        "en": ":information_source: An automatic rollback just happened: to `{short}` at {at}",
+    },
 }
 
 # What a person must do after a failure at each step; the generic line covers the rest.
@@ -113,6 +131,7 @@ class IncidentContext:
     run_url: str | None = None
     language: Language = "fr"
     alert: str | None = None  # "name (link)" of the alert that started it
+    previous: str | None = None  # an automatic rollback that just happened (`previous_rollback_line`)
 
 
 def text(key: str, language: Language, **values: object) -> str:
@@ -133,6 +152,7 @@ def incident_message(ctx: IncidentContext, status: str | None = None) -> str:
         text("reason", lang, reason=ctx.reason) if ctx.reason else None,
         text("incident_ref", lang, incident=ctx.incident) if ctx.incident else None,
         text("alert_ref", lang, alert=ctx.alert) if ctx.alert else None,
+        ctx.previous,
         text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
         status or text("status_investigating", lang),
     )
@@ -184,3 +204,21 @@ def failure_message(ctx: IncidentContext, step: str, reason: str) -> str:
         + text("failed", lang, step=step, reason=reason, action=action),
         text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
     )
+
+
+def held_message(
+    language: Language, sha: str, rollback_url: str | None, alert: str | None, start_url: str | None
+) -> str:
+    """The reply in an automatic rollback's thread when the same incident still alerts: a person decides."""
+    return _lines(
+        text("held", language, short=sha[:7]),
+        text("alert_ref", language, alert=alert) if alert else None,
+        text("rollback_by_hand", language, url=start_url) if start_url else None,
+        text("run_link", language, url=rollback_url) if rollback_url else None,
+    )
+
+
+def previous_rollback_line(language: Language, sha: str, at: datetime, run_url: str | None) -> str:
+    """One line for a manual run's root message: an automatic rollback just happened (to what, when, which run)."""
+    line = text("previous_rollback", language, short=sha[:7], at=at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    return f"{line} ({run_url})" if run_url else line

@@ -68,7 +68,8 @@ def render_markdown(record: RollbackRecord) -> str:
         "## Versions",
         "| | commit | image |",
         "|---|---|---|",
-        f"| from (running before) | {_sha(record.from_sha)} | - |",
+        f"| from (running before) | {_sha(record.from_sha)}"
+        f"{f'<br>read from: {record.running_source}' if record.running_source else ''} | - |",
         f"| to (rolled back to) | {_sha(record.to_sha)} | {f'`{record.image}`' if record.image else '-'}"
         f"<br>{f'`{record.digest}`' if record.digest else ''} |",
         "",

@@ -45,6 +45,7 @@ class RollbackRecord:
     alert: dict[str, Any] | None = None  # name, labels, link of the alert that started the run
     attempt: int = 1  # the flow run's attempt: above 1 after a Retry
     from_sha: str | None = None
+    running_source: str | None = None  # where from_sha was read: "version probe", "GitHub Deployments"...
     to_sha: str | None = None
     sha_source: str | None = None
     image: str | None = None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -15,6 +16,8 @@ from github.Repository import Repository
 from runbook.config import GitHubSettings
 from runbook.errors import CommitNotFoundError, GitHubError
 
+# The methods GithubRetry may send again (urllib3's idempotent set: no POST, no PATCH).
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # How far back the last known good is looked for; a rollback further than this is a decision for a person.
 HISTORY_LIMIT = 100
 DEPLOYMENT_LIMIT = 50
@@ -43,8 +46,10 @@ def connect(settings: GitHubSettings, repository: str) -> Repository:
         seconds_between_writes=None,
         auth=Auth.Token(token) if token else None,
         timeout=int(settings.timeout_seconds),
-        # PyGithub retries 5xx and rate limits itself: the tasks do not retry on top (one layer).
-        retry=GithubRetry(total=3, backoff_factor=0.3, secondary_rate_wait=30),
+        # PyGithub retries 5xx and rate limits itself: the tasks do not retry on top (one layer). Reads only:
+        # a POST (a workflow dispatch, a deployment record) whose answer was lost may have acted, so it is never
+        # sent again blindly; the caller finds out what happened (GithubRetry's default also retries POST).
+        retry=GithubRetry(total=3, backoff_factor=0.3, secondary_rate_wait=30, allowed_methods=_READS),
     )
     return client.get_repo(repository)
 
@@ -124,24 +129,28 @@ def history(repo: Repository, start: str, limit: int = HISTORY_LIMIT) -> list[st
         return shas
 
 
-def _deployments(repo: Repository, environment: str) -> Iterator[tuple[str, list[str]]]:
-    """(sha, states newest first) of the environment's recent deployments, newest first."""
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """One GitHub deployment of an environment: its id, its commit and its statuses' states, newest first."""
+
+    id: int
+    sha: str
+    states: tuple[str, ...]
+
+
+def deployments(repo: Repository, environment: str) -> Iterator[DeploymentRecord]:
+    """The environment's recent deployments, newest first (read lazily: wrap the loop in github_errors).
+
+    Which one runs now is decided in runbook.running (`never_went_live`).
+    """
     for index, deployment in enumerate(repo.get_deployments(environment=environment)):
         if index >= DEPLOYMENT_LIMIT:
             return
-        yield deployment.sha, [status.state for status in deployment.get_statuses()]
+        states = tuple(status.state for status in deployment.get_statuses())
+        yield DeploymentRecord(int(deployment.id), deployment.sha, states)
 
 
-def running_sha(repo: Repository, environment: str) -> str | None:
-    """The version deployed now: the newest deployment whose newest status is `success`."""
-    with github_errors(f"reading the deployments of {environment}", repo.full_name):
-        for sha, states in _deployments(repo, environment):
-            if states and states[0] == "success":
-                return sha
-    return None
-
-
-def was_healthy(states: list[str]) -> bool:
+def was_healthy(states: Sequence[str]) -> bool:
     """Whether a deployment's statuses (newest first) say it was healthy: its last word, `inactive` aside
     (GitHub marks an older success inactive when a newer one succeeds), is `success`. A version rolled back
     from gets a `failure` after its success, and so is never a last known good again."""
@@ -151,18 +160,77 @@ def was_healthy(states: list[str]) -> bool:
 def healthy_shas(repo: Repository, environment: str) -> set[str]:
     """SHAs with a rollout in the environment that was recorded healthy and never marked bad afterwards."""
     with github_errors(f"reading the deployments of {environment}", repo.full_name):
-        return {sha for sha, states in _deployments(repo, environment) if was_healthy(states)}
+        return {d.sha for d in deployments(repo, environment) if was_healthy(d.states)}
 
 
-def mark_rolled_back(repo: Repository, environment: str, sha: str, description: str) -> int | None:
-    """Add a `failure` status to the newest deployment of `sha` in the environment (the version rolled back from)."""
+def mark_rolled_back(
+    repo: Repository, environment: str, sha: str, description: str, deployment_id: int | None = None
+) -> int | None:
+    """Add a `failure` status to the deployment of the version rolled back from; its id, or None.
+
+    That deployment is `deployment_id` when the running version was read from GitHub Deployments (the very
+    deployment found running), else the newest deployment of `sha` in the environment. A deployment of any
+    other commit is never marked.
+    """
     with github_errors(f"marking {sha[:7]} as rolled back", repo.full_name):
+        if deployment_id is not None:
+            found = repo.get_deployment(deployment_id)
+            if found.sha != sha or found.environment != environment:
+                return None
+            found.create_status("failure", description=description[:140])
+            return int(found.id)
         for index, deployment in enumerate(repo.get_deployments(sha=sha, environment=environment)):
             if index >= DEPLOYMENT_LIMIT:
                 break
+            if deployment.sha != sha:
+                continue
             deployment.create_status("failure", description=description[:140])
             return int(deployment.id)
     return None
+
+
+ROLLOUT_TASK = "deploy:rollback"
+TOOL = "rollback-runbook"
+
+
+@dataclass(frozen=True)
+class UnfinishedRollout:
+    """A rollout this tool recorded `in_progress` and never closed: its run died, or is being retried."""
+
+    deployment_id: int
+    sha: str
+    digest: str
+    image: str
+    rollback_id: str
+    from_sha: str | None
+    created_at: datetime
+
+
+def unfinished_rollout(repo: Repository, environment: str, max_age: timedelta) -> UnfinishedRollout | None:
+    """The environment's newest deployment, when it is a rollout of this tool still `in_progress`.
+
+    Only the newest counts: a deploy recorded after it (CI, a person) supersedes whatever it was doing.
+    """
+    with github_errors(f"reading the deployments of {environment}", repo.full_name):
+        newest = next(iter(repo.get_deployments(environment=environment)), None)
+        if newest is None or newest.task != ROLLOUT_TASK:
+            return None
+        payload = newest.payload if isinstance(newest.payload, dict) else {}
+        created = newest.created_at.replace(tzinfo=newest.created_at.tzinfo or UTC)
+        if payload.get("tool") != TOOL or not payload.get("rollback_id") or created < datetime.now(UTC) - max_age:
+            return None
+        latest = next(iter(newest.get_statuses()), None)
+        if latest is None or latest.state not in ("in_progress", "queued", "pending"):
+            return None
+        return UnfinishedRollout(
+            deployment_id=int(newest.id),
+            sha=newest.sha,
+            digest=str(payload.get("digest") or ""),
+            image=str(payload.get("image") or ""),
+            rollback_id=str(payload["rollback_id"]),
+            from_sha=str(payload["from_sha"]) if payload.get("from_sha") else None,
+            created_at=created,
+        )
 
 
 def record_deployment(
@@ -179,7 +247,7 @@ def record_deployment(
     with github_errors(f"recording the deployment of {sha[:7]}", repo.full_name):
         deployment = repo.create_deployment(
             ref=sha,
-            task="deploy:rollback",
+            task=ROLLOUT_TASK,
             auto_merge=False,
             required_contexts=[],
             payload=payload,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from prefect import get_run_logger, task
 
 from runbook import repository as repo_api
@@ -9,6 +11,9 @@ from runbook.config import RunbookConfig
 from runbook.errors import RunbookError
 from runbook.targets import DeployRequest, DeployResult, build_target
 from tasks._policy import NO_CACHE, RUN_ONCE
+
+# An unfinished rollout older than this is history, not something in flight.
+UNFINISHED_MAX_AGE = timedelta(hours=6)
 
 
 # Cached for the flow run (RUN_ONCE): when a person retries a run whose deploy completed but whose
@@ -52,11 +57,41 @@ def preflight_deploy(config: RunbookConfig, service_name: str, environment: str)
     return detail
 
 
+@task(name="find-unfinished-rollout", cache_policy=NO_CACHE, timeout_seconds=60)
+def find_unfinished_rollout(
+    config: RunbookConfig, service_name: str, environment: str
+) -> repo_api.UnfinishedRollout | None:
+    """A rollout of this service and environment left `in_progress` by a run that died (or this run, retried)."""
+    service = config.service(service_name)
+    repo = repo_api.connect(config.github, service.repository)
+    found = repo_api.unfinished_rollout(repo, environment, UNFINISHED_MAX_AGE)
+    if found is not None:
+        get_run_logger().warning(
+            "rollback %s to %s (GitHub deployment %s, %s) never finished: following it instead of deploying again",
+            found.rollback_id,
+            found.sha[:7],
+            found.deployment_id,
+            found.created_at.isoformat(timespec="seconds"),
+        )
+    return found
+
+
+# Cached for the flow run: this is the intent, recorded BEFORE the deploy call, so that a Retry of this run, or a
+# new run after this one died, finds the deploy it may have started (by its rollback id) instead of starting one.
 @task(name="open-rollout", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=120)
-def open_rollout(config: RunbookConfig, request: DeployRequest, run_url: str | None) -> int | None:
-    """Record the rollout in GitHub Deployments as `in_progress` (once per flow run); its id, or None."""
+def open_rollout(
+    config: RunbookConfig, request: DeployRequest, run_url: str | None, from_sha: str | None
+) -> int | None:
+    """Record the rollout's intent in GitHub Deployments as `in_progress` (once per flow run); its id, or None."""
     logger = get_run_logger()
     service = config.service(request.service)
+    payload = {
+        "tool": repo_api.TOOL,
+        "rollback_id": request.rollback_id,
+        "digest": request.digest,
+        "image": request.image,
+        "from_sha": from_sha or "",
+    }
     try:
         repo = repo_api.connect(config.github, service.repository)
         deployment_id = repo_api.record_deployment(
@@ -66,7 +101,7 @@ def open_rollout(config: RunbookConfig, request: DeployRequest, run_url: str | N
             state="in_progress",
             description=f"rollback to {request.sha[:7]} by rollback-runbook",
             log_url=run_url,
-            payload={"digest": request.digest, "tool": "rollback-runbook", "run_id": request.run_id},
+            payload=payload,
         )
     except RunbookError as exc:
         # The record is for people and for tomorrow's last known good: never a reason not to roll back.
@@ -93,13 +128,24 @@ def close_rollout(
 
 
 @task(name="mark-rolled-back", cache_policy=NO_CACHE, timeout_seconds=120)
-def mark_rolled_back(config: RunbookConfig, service_name: str, environment: str, sha: str, reason: str) -> bool:
-    """Mark the version rolled back from as bad in GitHub Deployments, so it is never a last known good."""
+def mark_rolled_back(
+    config: RunbookConfig,
+    service_name: str,
+    environment: str,
+    sha: str,
+    reason: str,
+    deployment_id: int | None = None,
+) -> bool:
+    """Mark the version rolled back from as bad in GitHub Deployments, so it is never a last known good.
+
+    `deployment_id` is the deployment found running when the running version was read from GitHub
+    Deployments; without it, the newest deployment of `sha` is marked. Never a deployment of another commit.
+    """
     service = config.service(service_name)
     description = f"rolled back by rollback-runbook: {reason or 'unhealthy'}"
     try:
         repo = repo_api.connect(config.github, service.repository)
-        deployment_id = repo_api.mark_rolled_back(repo, environment, sha, description)
+        deployment_id = repo_api.mark_rolled_back(repo, environment, sha, description, deployment_id)
     except RunbookError as exc:
         get_run_logger().warning("could not mark %s as rolled back in GitHub: %s", sha[:7], exc)
         return False

@@ -185,6 +185,13 @@ def notify_outcome(config: RunbookConfig, service_name: str, root: Posted, text:
     return _logged(post(config, _channel(config, service_name), text, root, broadcast=True), text)
 
 
+@task(name="notify-thread", cache_policy=NO_CACHE, timeout_seconds=60)
+def notify_thread(config: RunbookConfig, service_name: str, thread: Posted, text: str) -> Posted:
+    """A reply in another run's thread (the automatic rollback's); in the service's channel when it has none."""
+    channel = str(thread.channel) if thread.threaded else _channel(config, service_name)
+    return _logged(post(config, channel, text, thread), text)
+
+
 @task(name="notify-channel", cache_policy=NO_CACHE, timeout_seconds=60)
 def notify_channel(config: RunbookConfig, service_name: str, text: str) -> Posted:
     """One message in the service's channel, outside any incident thread (rehearsal reports)."""

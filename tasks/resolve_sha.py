@@ -12,6 +12,7 @@ from runbook import repository as repo_api
 from runbook.config import RunbookConfig, ServiceSettings
 from runbook.errors import AlreadyRunningError, NotOnBranchError, ShaError
 from runbook.images import image_exists, registry_client
+from runbook.running import UNKNOWN, RunningVersion, find_running
 from runbook.shas import last_known_good_candidates, normalize_sha
 from runbook.targets import build_target
 from tasks._policy import RUN_ONCE
@@ -27,6 +28,9 @@ class Resolution:
     source: str  # "given", "last known good", "first parent"
     warning: str | None = None
     compare_url: str | None = None
+    running_source: str = UNKNOWN  # where `running` was read: "version probe", "GitHub Deployments"...
+    running_authoritative: bool = False  # the service or its deploy target said so, not only a GitHub record
+    running_deployment_id: int | None = None  # the GitHub deployment found running (GitHub Deployments only)
 
     @property
     def short(self) -> str:
@@ -38,10 +42,24 @@ def resolve(
     service: ServiceSettings,
     environment: str,
     requested: str | None,
-    running: str | None,
+    current: RunningVersion,
     image_exists: Callable[[str], bool],
 ) -> Resolution:
     """Choose and check the target commit (I/O through `repo` and `image_exists`)."""
+    running = current.sha
+
+    def pick(commit: repo_api.Commit, source: str, warning: str | None = None) -> Resolution:
+        return Resolution(
+            commit.sha,
+            commit.title,
+            running,
+            source,
+            warning,
+            running_source=current.source,
+            running_authoritative=current.authoritative,
+            running_deployment_id=current.deployment_id,
+        )
+
     if requested and requested.strip():
         sha = normalize_sha(requested)
         commit = repo_api.get_commit(repo, sha)
@@ -50,24 +68,34 @@ def resolve(
                 f"commit {commit.sha[:7]} is not on branch {service.branch} of {service.repository}",
                 hint=f"roll back only to a commit that was merged into {service.branch}",
             )
+        warning = None
         if running and commit.sha == running:
-            raise AlreadyRunningError(
-                f"{commit.sha[:7]} is already the version running in {environment}: nothing to roll back",
-                hint="give an older SHA, or leave the SHA empty to return to the last known good version",
+            if current.authoritative:
+                raise AlreadyRunningError(
+                    f"{commit.sha[:7]} is already the version running in {environment} (per the "
+                    f"{current.source}): nothing to roll back",
+                    hint="give an older SHA, or leave the SHA empty to return to the last known good version",
+                )
+            # Only a record says so, and records lag behind what runs (a deploy outside the tool, a failed
+            # rollback): the person who gave this SHA may well know better, so deploy it.
+            warning = (
+                f"{commit.sha[:7]} is the newest live deployment in {environment} according to "
+                f"{current.source}, which only records deploys; nothing confirms it runs, so it is deployed"
             )
-        return Resolution(commit.sha, commit.title, running, "given")
+        return pick(commit, "given", warning)
 
     if not running:
         raise ShaError(
-            f"cannot tell which version runs in {environment}: no successful deployment is recorded in GitHub",
-            hint="give the SHA to return to explicitly",
+            f"cannot tell which version runs in {environment}: the deploy target cannot say, no version probe "
+            "answered and no deployment that went live is recorded in GitHub",
+            hint="give the SHA to return to explicitly, or configure a version_probe for the environment",
         )
     healthy = repo_api.healthy_shas(repo, environment)
     candidates = last_known_good_candidates(repo_api.history(repo, running), running, healthy)
     chosen = repo_api.first_existing(candidates, image_exists)
     if chosen:
         commit = repo_api.get_commit(repo, chosen)
-        return Resolution(commit.sha, commit.title, running, "last known good")
+        return pick(commit, "last known good")
 
     running_commit = repo_api.get_commit(repo, running)
     if not running_commit.parents:
@@ -80,7 +108,7 @@ def resolve(
         f"no rollout older than {running[:7]} is recorded healthy in {environment} (with its image); "
         f"falling back to the first parent {parent.sha[:7]}: check it is a version you trust"
     )
-    return Resolution(parent.sha, parent.title, running, "first parent", warning)
+    return pick(parent, "first parent", warning)
 
 
 @task(name="resolve-sha", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=180)
@@ -90,23 +118,39 @@ def resolve_sha(config: RunbookConfig, service_name: str, environment: str, requ
     service = config.service(service_name)
     repo = repo_api.connect(config.github, service.repository)
     target = build_target(config, service_name, environment)
-    running = target.current_version()
+    # Why a more trusted source was skipped goes in the run's warnings (and so the post-mortem), too.
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        logger.warning(message)
+        warnings.append(message)
+
+    current = find_running(repo, environment, config.environment(service_name, environment), target, warn)
+    logger.info(
+        "running in %s: %s, read from %s%s",
+        environment,
+        (current.sha or "unknown")[:7],
+        current.source,
+        "" if current.authoritative else " (what was recorded, not what the service says)",
+    )
     with registry_client(config) as registry:
         resolution = resolve(
-            repo, service, environment, requested, running, lambda sha: image_exists(registry, service, sha)
+            repo, service, environment, requested, current, lambda sha: image_exists(registry, service, sha)
         )
-    if resolution.running:
+    if resolution.warning:
+        warn(resolution.warning)
+    resolution = replace(resolution, warning="; ".join(warnings) or None)
+    if resolution.running and resolution.running != resolution.sha:
         resolution = replace(
             resolution,
             compare_url=repo_api.compare_url(config.github, service.repository, resolution.sha, resolution.running),
         )
-    if resolution.warning:
-        logger.warning(resolution.warning)
     logger.info(
-        "rolling back %s/%s from %s to %s (%s): %s",
+        "rolling back %s/%s from %s (per %s) to %s (%s): %s",
         service.repository,
         environment,
         (resolution.running or "unknown")[:7],
+        resolution.running_source,
         resolution.short,
         resolution.source,
         resolution.title,

@@ -38,6 +38,9 @@ def test_the_shipped_example_is_valid() -> None:
     service = config.service("shop")
     assert service.tag_for("a" * 40) == "a" * 40
     assert config.environment("shop", "production").deploy.workflow == "rollback-production.yml"
+    probe = config.environment("shop", "production").version_probe
+    assert probe is not None and (probe.json_field, probe.header) == ("build.sha", None)
+    assert config.environment("shop", "staging").deploy.version_field == "sha"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +70,16 @@ def test_the_shipped_example_is_valid() -> None:
             "consecutive_successes: Input should be greater than or equal to 1",
         ),
         (("services", "shop", "colour"), "blue", "services.shop.colour: Extra inputs are not permitted"),
+        (
+            ("services", "shop", "environments", "production", "version_probe"),
+            {"url": "https://shop.example.com/version", "json_field": "sha", "header": "X-Version"},
+            "services.shop.environments.production.version_probe: give 'json_field' or 'header', not both",
+        ),
+        (
+            ("services", "shop", "environments", "production", "version_probe"),
+            {"url": "https://shop.example.com/version", "json_field": "build..sha"},
+            "version_probe.json_field: must be a dotted path",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(path: tuple[str, ...], value: Any, expected: str) -> None:

@@ -12,6 +12,7 @@ from runbook.health import ProbeResult, judge
 from runbook.postmortem import artifact_key, render_markdown, timings_table
 from runbook.record import RollbackRecord, describe_error
 from runbook.repository import was_healthy
+from runbook.running import commit_sha, json_path_value, never_went_live
 from runbook.shas import last_known_good_candidates, normalize_sha
 
 A, B, C, D = ("a" * 40, "b" * 40, "c" * 40, "d" * 40)
@@ -41,6 +42,24 @@ def test_a_deployment_is_known_good_when_its_last_word_is_success() -> None:
     assert was_healthy(["success"]) and was_healthy(["inactive", "success", "in_progress"])
     assert not was_healthy(["failure", "inactive", "success"])  # rolled back from: marked bad after
     assert not was_healthy(["in_progress"]) and not was_healthy([]) and not was_healthy(["inactive"])
+
+
+def test_a_deployment_never_went_live_only_when_no_status_says_it_may_have() -> None:
+    assert never_went_live([]) and never_went_live(["queued"]) and never_went_live(["error", "pending", "queued"])
+    # CI's post-deploy check writes `failure` on a release that is live: it still counts as running.
+    assert not never_went_live(["failure", "in_progress"]) and not never_went_live(["failure"])
+    assert not never_went_live(["in_progress"]) and not never_went_live(["inactive", "success"])
+    assert not never_went_live(["failure", "error"]) and not never_went_live(["success", "error"])
+    # The runbook's own rollout, closed `error` after its `in_progress` intent: it knows nothing was deployed.
+    assert never_went_live(["error", "in_progress", "queued"])
+
+
+def test_a_version_is_read_from_a_dotted_json_path_as_a_commit_sha() -> None:
+    doc = {"sha": "A1B2C3D", "build": {"sha": "a1b2c3d4e5", "shas": ["f" * 40]}, "n": 7}
+    assert json_path_value(doc, "build.sha") == "a1b2c3d4e5" and json_path_value(doc, "build.shas.0") == "f" * 40
+    assert json_path_value(doc, "build.id") is None and json_path_value(doc, "n.x") is None
+    assert commit_sha(" A1B2C3D ") == "a1b2c3d" and commit_sha("a1b2c3") is None and commit_sha("main") is None
+    assert commit_sha(7) is None and commit_sha("f" * 41) is None
 
 
 def _round(*oks: bool) -> list[ProbeResult]:
@@ -83,6 +102,7 @@ def _record(outcome: str) -> RollbackRecord:
     start = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
     record = RollbackRecord("shop", "production", "alert", "5xx spike", "INC-7", start, start + timedelta(seconds=5))
     record.from_sha, record.to_sha, record.sha_source = D, C, "last known good"
+    record.running_source = "version probe"
     record.image, record.digest = "ghcr.io/acme/shop:" + C, "sha256:" + "1" * 64
     with record.step("resolve-sha") as step:
         step.detail = "ccccccc (last known good)"
@@ -127,7 +147,8 @@ def test_postmortem_of_a_recovery_has_every_section() -> None:
         "## Review checklist",
     ):
         assert section in markdown, section
-    assert "Time to recovery:** 42.0 s" in markdown and f"`{D}`" in markdown and f"`{C}`" in markdown
+    assert "Time to recovery:** 42.0 s" in markdown and f"`{C}`" in markdown
+    assert f"| from (running before) | `{D}`<br>read from: version probe |" in markdown
     assert "Trigger:** alert" in markdown and "INC-7" in markdown and "actions/runs/1" in markdown
     assert "`service=shop`" in markdown and "HighErrorRate" in markdown and "approved by alice" in markdown
     assert "Attempt:** 2" in markdown and "HTTP 429; retrying" in markdown and "samples: 0.002" in markdown

@@ -1,4 +1,8 @@
-"""A small local service with `/health`, whose running version the sandbox deploy switches."""
+"""A small local service with `/health`, whose running version the sandbox deploy switches.
+
+`GET /version` says which commit runs (JSON `sha`, `build.sha` short; every GET answer also carries
+`X-Version`); `POST /deploy` with `{"sha": ...}` is its own deploy API, for the webhook deploy target.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class SandboxApp:
                 with app._lock:
                     version = app.version
                     healthy = version not in app.broken
+                body: dict[str, Any]
                 if self.path.split("?")[0] in ("/health", "/healthz"):
                     status, body = (
                         (200, {"status": "ok", "version": version})
@@ -31,11 +36,32 @@ class SandboxApp:
                     )
                 elif self.path == "/":
                     status, body = (200 if healthy else 500), {"service": "shop", "version": version}
+                elif self.path == "/version":
+                    # What a version probe reads: the full SHA, and a short one nested as build tools write it.
+                    status, body = 200, {"service": "shop", "sha": version, "build": {"sha": version[:7]}}
                 else:
                     status, body = 404, {"error": "not found"}
+                self._answer(status, body, version)
+
+            def do_POST(self) -> None:
+                # The app's own deploy API, for the webhook deploy target: {"sha": ...} switches the version.
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    sha = json.loads(self.rfile.read(length) or b"{}").get("sha")
+                except (ValueError, AttributeError):
+                    sha = None
+                if self.path != "/deploy" or not isinstance(sha, str) or not sha:
+                    self._answer(404 if self.path != "/deploy" else 400, {"error": 'POST {"sha": ...} to /deploy'})
+                    return
+                app.deploy(sha)
+                self._answer(200, {"id": f"d-{len(app.deploys)}", "status": "succeeded"}, sha)
+
+            def _answer(self, status: int, body: dict[str, Any], version: str | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if version:
+                    self.send_header("X-Version", version)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

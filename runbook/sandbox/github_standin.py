@@ -21,6 +21,8 @@ import itertools
 import json
 import logging
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -106,6 +108,8 @@ class _Workflow:
     path: str
     required_inputs: tuple[str, ...]
     created_at: datetime
+    inputs: tuple[str, ...] | None = None  # every declared input; None: accept any
+    run_name: str | None = None  # the workflow's `run-name:` expression, rendered into display_title
 
 
 @dataclass
@@ -118,6 +122,7 @@ class _Run:
     run_number: int
     created_at: datetime
     updated_at: datetime
+    display_title: str = ""
     status: str = "queued"
     conclusion: str | None = None
 
@@ -226,12 +231,45 @@ def _truthy(value: Any, default: bool) -> bool:
     return default if value is None else bool(value)
 
 
+def _created_matches(spec: str | None, created: datetime) -> bool:
+    """GitHub's `created` filter, in the forms the runbook uses: `>=DATE`, `>DATE`, `<=DATE`, `DATE..DATE`."""
+    if not spec:
+        return True
+
+    def moment(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    if ".." in spec:
+        low, _, high = spec.partition("..")
+        return moment(low) <= created <= moment(high)
+    for op, test in ((">=", created.__ge__), ("<=", created.__le__), (">", created.__gt__), ("<", created.__lt__)):
+        if spec.startswith(op):
+            return bool(test(moment(spec[len(op) :])))
+    return created.date() == moment(spec).date()
+
+
+def render_run_name(run_name: str, inputs: dict[str, Any]) -> str:
+    """A workflow's `run-name` with its `${{ inputs.X }}` expressions replaced, as GitHub shows it."""
+    return re.sub(r"\$\{\{\s*inputs\.(\w+)\s*\}\}", lambda m: str(inputs.get(m.group(1), "")), run_name)
+
+
+#: Ways a dispatch can go wrong on the wire (`GitHubStandIn.fail_dispatches`):
+#: "accept-then-502": the run is created, the answer is a 502 (a proxy lost GitHub's answer);
+#: "accept-then-reset": the run is created, the connection is reset before any answer;
+#: "accept-then-slow": the run is created, the answer comes after `slow_answer_seconds` (past the client's timeout);
+#: "refuse-502": a 502 and no run created (GitHub never got it).
+DISPATCH_FAULTS = ("accept-then-502", "accept-then-reset", "accept-then-slow", "refuse-502")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, standin: GitHubStandIn) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.standin = standin
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection reset on purpose (a fault) is not worth a traceback."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -263,6 +301,9 @@ class GitHubStandIn:
         self._repos: dict[str, _Repo] = {}
         self._ids = itertools.count(1_000_001)
         self._down = False
+        self._runs_unreadable = False
+        self.fail_dispatches: list[str] = []  # public: tests queue DISPATCH_FAULTS, one per dispatch, in order
+        self.slow_answer_seconds = 3.0
         self._used = 0
         self._reset = int(time.time()) + 3600
         self._requests: list[RecordedRequest] = []
@@ -342,6 +383,11 @@ class GitHubStandIn:
         with self._lock:
             self._down = down
 
+    def set_runs_unreadable(self, unreadable: bool) -> None:
+        """While set, reading one workflow run (`GET .../actions/runs/{id}`) answers HTTP 500; runs go on."""
+        with self._lock:
+            self._runs_unreadable = unreadable
+
     # --- seeding ---
 
     def add_repository(self, full_name: str, default_branch: str = "main") -> None:
@@ -377,9 +423,20 @@ class GitHubStandIn:
             return sha
 
     def add_deployment(
-        self, full_name: str, sha: str, environment: str, *, state: str = "success", description: str = ""
+        self,
+        full_name: str,
+        sha: str,
+        environment: str,
+        *,
+        state: str = "success",
+        description: str = "",
+        states: tuple[str, ...] | None = None,
     ) -> int:
-        """Record a deployment of `sha` with one status `state` (auto-inactivating as GitHub does); its id."""
+        """Record a deployment of `sha` with one status `state` (auto-inactivating as GitHub does); its id.
+
+        `states` (oldest first, e.g. `("in_progress", "failure")`) gives it several statuses instead; `()`
+        none at all.
+        """
         with self._lock:
             repo = self._repo_or_key_error(full_name)
             resolved = self._find_commit(repo, sha)
@@ -396,7 +453,8 @@ class GitHubStandIn:
                 False,
                 environment == "production",
             )
-            self._add_status(repo, deployment, state, description, environment, "", "", auto_inactive=True)
+            for each in (state,) if states is None else states:
+                self._add_status(repo, deployment, each, description, environment, "", "", auto_inactive=True)
             return deployment.id
 
     def add_workflow(
@@ -405,11 +463,20 @@ class GitHubStandIn:
         path: str = ".github/workflows/rollback-production.yml",
         name: str = "rollback-production",
         required_inputs: tuple[str, ...] = ("sha",),
+        *,
+        inputs: tuple[str, ...] | None = None,
+        run_name: str | None = None,
     ) -> int:
-        """Register a workflow with a `workflow_dispatch` trigger and its required inputs; its id."""
+        """Register a workflow with a `workflow_dispatch` trigger; its id.
+
+        `inputs` declares every input (GitHub refuses a dispatch with others; None accepts any); `run_name`
+        is the workflow's `run-name:` expression, shown as each run's `display_title`.
+        """
         with self._lock:
             repo = self._repo_or_key_error(full_name)
-            workflow = _Workflow(next(self._ids), name, path, tuple(required_inputs), _now())
+            workflow = _Workflow(
+                next(self._ids), name, path, tuple(required_inputs), _now(), tuple(inputs) if inputs else None, run_name
+            )
             repo.workflows.append(workflow)
             return workflow.id
 
@@ -471,6 +538,7 @@ class GitHubStandIn:
                     "ref": r.ref,
                     "head_sha": r.head_sha,
                     "inputs": dict(r.inputs),
+                    "display_title": r.display_title,
                 }
                 for r in reversed(repo.runs)
             ]
@@ -493,8 +561,19 @@ class GitHubStandIn:
             # A bug in the stand-in must surface as a clear 500, not as a dropped connection.
             log.exception("GitHubStandIn failed on %s %s", handler.command, handler.path)
             status, payload, headers = 500, {"message": "Server Error"}, {}
+        fault = self._fault_for(handler.command, handler.path, status)
+        if fault == "accept-then-502":
+            status, payload, headers = 502, {"message": "Server Error"}, {}
         with self._lock:
             self._requests.append(RecordedRequest(handler.command, handler.path, body, time.time(), status))
+        if fault == "accept-then-reset":
+            # SO_LINGER 0: close() sends a TCP reset, as a dropped connection does.
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handler.connection.close()
+            handler.close_connection = True
+            return
+        if fault == "accept-then-slow" and self._stopping.wait(self.slow_answer_seconds):
+            return
         data = b"" if payload is None else json.dumps(payload).encode()
         handler.send_response(status)
         if payload is not None:
@@ -505,10 +584,28 @@ class GitHubStandIn:
         handler.end_headers()
         handler.wfile.write(data)
 
+    def _fault_for(self, method: str, target: str, status: int) -> str | None:
+        """The fault to play on this answer: the next queued one, for a dispatch GitHub accepted."""
+        if method != "POST" or not urlsplit(target).path.endswith("/dispatches") or status >= 300:
+            return None
+        with self._lock:
+            return self.fail_dispatches.pop(0) if self.fail_dispatches else None
+
     def _respond(self, method: str, target: str, authorization: str, body: Any) -> Result:
         with self._lock:
             if self._down:
                 return 503, {"message": "Service Unavailable"}, {}
+            path = urlsplit(target).path
+            if (
+                method == "POST"
+                and path.endswith("/dispatches")
+                and self.fail_dispatches
+                and self.fail_dispatches[0] == "refuse-502"
+            ):
+                self.fail_dispatches.pop(0)
+                return 502, {"message": "Server Error"}, {}
+            if self._runs_unreadable and method == "GET" and re.search(r"/actions/runs/\d+$", path):
+                return 500, {"message": "Server Error"}, {}
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() not in ("token", "bearer") or credential.strip() != self._token:
                 return 401, _template("error-401-bad-credentials.json"), {}
@@ -846,7 +943,7 @@ class GitHubStandIn:
             head_branch=run.ref,
             head_sha=run.head_sha,
             path=run.workflow.path,
-            display_title=run.workflow.name,
+            display_title=run.display_title,
             run_number=run.run_number,
             event="workflow_dispatch",
             status=run.status,
@@ -1060,9 +1157,14 @@ class GitHubStandIn:
         for name in workflow.required_inputs:
             if inputs.get(name) in (None, ""):
                 raise _dispatch_error(f"Required input '{name}' not provided")
+        if workflow.inputs is not None:
+            unexpected = sorted(set(inputs) - set(workflow.inputs))
+            if unexpected:
+                raise _dispatch_error(f"Unexpected inputs provided: {json.dumps(unexpected)}")
         now = _now()
         number = sum(1 for r in repo.runs if r.workflow is workflow) + 1
-        run = _Run(next(self._ids), workflow, ref, repo.branches[ref], dict(inputs), number, now, now)
+        title = render_run_name(workflow.run_name, inputs) if workflow.run_name else workflow.name
+        run = _Run(next(self._ids), workflow, ref, repo.branches[ref], dict(inputs), number, now, now, title)
         repo.runs.append(run)
         request = WorkflowRunRequest(repo.full_name, ref, dict(inputs), run.id, run.head_sha)
         thread = threading.Thread(target=self._drive_run, args=(run, request), name=f"run-{run.id}", daemon=True)
@@ -1108,6 +1210,7 @@ class GitHubStandIn:
             and query.get("head_sha") in (None, r.head_sha)
             and query.get("status") in (None, r.status, r.conclusion)
             and query.get("event") in (None, "workflow_dispatch")
+            and _created_matches(query.get("created"), r.created_at)
         ]
         path = f"/repos/{repo.full_name}/actions/workflows/{call.params['workflow']}/runs"
         page, headers = self._paginate(selected, path, query)

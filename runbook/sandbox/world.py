@@ -28,6 +28,7 @@ ENVIRONMENT = "production"
 CHANNEL = "#incidents-prod"
 GITHUB_TOKEN_VAR = "RUNBOOK_SANDBOX_GITHUB_TOKEN"
 SLACK_TOKEN_VAR = "RUNBOOK_SANDBOX_SLACK_TOKEN"
+WORKFLOW_TEMPLATE = Path(__file__).resolve().parent.parent.parent / "deployments" / "github" / "rollback-production.yml"
 HISTORY = ("Initial shop", "Add cart", "Faster checkout", "New payment provider")
 
 
@@ -69,6 +70,7 @@ class Sandbox:
         self.app = SandboxApp(version="0" * 40)
         self.commits = SandboxCommits([])
         self.workflow_fails = False  # tests: the rollback workflow's deploy job fails
+        self.deployed_digests: list[str] = []  # what the rollback workflow deployed, in order (registry digests)
         self.config_path = workdir / "runbook.yaml"
 
     @property
@@ -106,7 +108,13 @@ class Sandbox:
     def _seed_history(self) -> None:
         """The repository, its workflow, and each commit built, pushed and deployed by CI."""
         self.github.add_repository(REPOSITORY)
-        self.github.add_workflow(REPOSITORY)
+        # The repository holds the shipped template: its inputs and its run-name are GitHub's to enforce.
+        template = yaml.safe_load(WORKFLOW_TEMPLATE.read_text(encoding="utf-8"))
+        inputs = template[True]["workflow_dispatch"]["inputs"]  # YAML 1.1 reads the key `on` as a boolean
+        required = tuple(name for name, spec in inputs.items() if spec.get("required"))
+        self.github.add_workflow(
+            REPOSITORY, required_inputs=required, inputs=tuple(inputs), run_name=template["run-name"]
+        )
         shas = []
         for message in HISTORY:
             sha = self.github.add_commit(REPOSITORY, message)
@@ -125,14 +133,17 @@ class Sandbox:
         return push_image(self.registry.base_url, "acme/shop", sha, payload=f"shop {sha}".encode())
 
     def _run_workflow(self, request: WorkflowRunRequest) -> str:
-        """What the application's rollback-production workflow does: pull the SHA's image, deploy it."""
+        """What the shipped rollback-production workflow does: pull IMAGE@digest (or IMAGE:sha), deploy it."""
         if self.workflow_fails:
             return "failure"
         sha = str(request.inputs.get("sha", ""))
-        url = f"{self.registry.base_url}/v2/acme/shop/manifests/{sha}"
+        reference = str(request.inputs.get("digest") or sha)
+        url = f"{self.registry.base_url}/v2/acme/shop/manifests/{reference}"
         accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
-        if httpx.head(url, headers={"Accept": accept}, timeout=5).status_code != 200:
+        answer = httpx.head(url, headers={"Accept": accept}, timeout=5)
+        if answer.status_code != 200:
             return "failure"
+        self.deployed_digests.append(answer.headers.get("Docker-Content-Digest", ""))
         self.app.deploy(sha)
         return "success"
 

@@ -19,7 +19,8 @@ def build_target(config: RunbookConfig, service_name: str, environment: str) -> 
     settings = config.environment(service_name, environment).deploy
     if isinstance(settings, GitHubActionsTarget):
         repo = repo_api.connect(config.github, service.repository)
-        return GitHubActionsDeployTarget(repo, settings, service.branch, environment)
+        runs_url = f"{repo_api.web_url(config.github, service.repository)}/actions/workflows/{settings.workflow}"
+        return GitHubActionsDeployTarget(repo, settings, service.branch, environment, runs_url)
     if isinstance(settings, WebhookTarget):
         return WebhookDeployTarget(settings)
     return DockerDeployTarget(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -16,7 +17,10 @@ class DeployRequest:
     image: str
     digest: str
     reason: str
-    run_id: str
+    rollback_id: str  # unique per rollback, the same on a Retry: the dispatch's run-name, the webhook's key
+    # Set when resuming a rollback recorded before this run (a Retry, or a run that died): when its intent was
+    # recorded. The target finds out whether that deploy started before acting.
+    resume_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class DeployResult:
     detail: str
     link: str | None = None
     previous: str | None = None  # what the target replaced (e.g. the old container), for finish()
+    confirmed: bool = True  # False: started, but the target's own status could not be read; health decides
 
 
 class DeployTarget(Protocol):

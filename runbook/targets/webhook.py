@@ -3,7 +3,9 @@
 The POST body is compact JSON with sorted keys, and the exact bytes sent are the bytes signed:
 `<signature_header>: sha256=<hex HMAC-SHA256(secret, body)>` (GitHub's webhook convention), so the
 receiver checks the signature over the raw body before parsing it. Every attempt of one deploy carries the
-same `Idempotency-Key: <run_id>:<sha>`, so a retried POST cannot deploy twice on an API that honours it.
+same `Idempotency-Key: <rollback id>` (also in the body as `rollback_id`; the same on a Retry of the flow run
+and when a later run resumes an unfinished rollback), so a POST sent again cannot deploy twice on an API that
+honours it. The body carries the verified `digest` and the `image` pinned by it: deploy that, never the tag.
 
 Retries (up to `max_attempts`) happen only when the request surely did not start a deploy, or the API said
 to try again: a connection that could not be opened, a 5xx or a 429 answer (`Retry-After` honoured up to
@@ -27,6 +29,7 @@ import httpx
 from runbook.config import WebhookTarget
 from runbook.errors import DeployError
 from runbook.http import retry_after
+from runbook.running import VersionUnreadableError, read_version
 from runbook.targets.base import DeployRequest, DeployResult
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ def request_body(request: DeployRequest) -> bytes:
         "digest": request.digest,
         "sha": request.sha,
         "reason": request.reason,
-        "run_id": request.run_id,
+        "rollback_id": request.rollback_id,
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
@@ -90,9 +93,19 @@ class WebhookDeployTarget:
     # --- DeployTarget -----------------------------------------------------------------------------
 
     def current_version(self) -> str | None:
-        # A deploy webhook is fire-and-report: it has no endpoint saying which commit runs, so the runbook
-        # relies on the GitHub deployment records (and the health check) rather than guess here.
-        return None
+        """The SHA the deploy API's `version_url` reports (JSON field `version_field`); None without one.
+
+        An endpoint that cannot tell (unreachable, non-200, no SHA) is a warning, never an error: the deploy
+        goes on, and the runbook reads the running version from the next source (version probe, GitHub).
+        """
+        if self._settings.version_url is None:
+            return None
+        try:
+            with self._client() as client:
+                return read_version(client, self._settings.version_url, json_field=self._settings.version_field)
+        except VersionUnreadableError as exc:
+            log.warning("the deploy API's version endpoint cannot tell which version runs: %s", exc)
+            return None
 
     def preflight(self) -> str:
         """HEAD the URL (GET when HEAD is not allowed) and check the signing secret can be read; never POST."""
@@ -122,7 +135,7 @@ class WebhookDeployTarget:
 
     def deploy(self, request: DeployRequest) -> DeployResult:
         body = request_body(request)
-        key = f"{request.run_id}:{request.sha}"
+        key = request.rollback_id
         headers = {"Content-Type": "application/json", "Accept": "application/json", "Idempotency-Key": key}
         redact: list[str] = []  # never echoed into a message, even if the API sends them back
         if self._settings.secret is not None:

@@ -220,15 +220,30 @@ def test_missing_fingerprint_is_computed_as_alertmanager_does() -> None:
     assert label_fingerprint({}) == "cbf29ce484222325"  # FNV-1a 64 offset basis, as Alertmanager's empty set
 
 
-def test_idempotency_key_is_per_target_and_start_minute() -> None:
-    request = RollbackRequest("shop", "production", "r", datetime(2026, 8, 20, 12, 12, 59, tzinfo=UTC), None, "f")
-    same_minute = RollbackRequest("shop", "production", "r", datetime(2026, 8, 20, 12, 12, 1, tzinfo=UTC), None, "g")
-    paris = RollbackRequest(
-        "shop", "production", "r", datetime(2026, 8, 20, 14, 12, 30, tzinfo=timezone(timedelta(hours=2))), None, "h"
-    )
+def test_idempotency_key_is_the_alert_group_and_its_alerts_not_the_start_minute() -> None:
+    start = datetime(2026, 8, 20, 12, 12, 30, tzinfo=UTC)
+    paris = start.astimezone(timezone(timedelta(hours=2)))
 
-    assert idempotency_key(request) == "alert:shop:production:2026-08-20T12:12Z"
-    assert idempotency_key(same_minute) == idempotency_key(request) == idempotency_key(paris)
+    def key(group: str, *alerts: tuple[str, datetime], target: str = "shop") -> str:
+        return idempotency_key(RollbackRequest(target, "production", "r", start, None, alerts[0][0], group_key=group,
+                                               alerts=alerts))  # fmt: skip
+
+    group, later = '{}:{service="shop"}', start + timedelta(seconds=5)
+    first = key(group, ("a", start), ("b", later))
+
+    assert first.startswith("alert:shop:production:") and "2026" not in first
+    # A repeat notification (any order, any time zone) is the same key: it answers the same run.
+    assert key(group, ("b", later), ("a", paris)) == first
+    # Another incident in the same minute (another group, other alerts), the same alerts minus a resolved one,
+    # and the same alert firing again later (same fingerprint, new start) each get their own key.
+    others = [
+        key('{}:{alertname="HighLatency"}', ("a", start), ("b", later)),
+        key(group, ("c", start + timedelta(seconds=20))),
+        key(group, ("b", later)),
+        key(group, ("a", start + timedelta(days=7)), ("b", later + timedelta(days=7))),
+        key(group, ("a", start), ("b", later), target="checkout"),
+    ]
+    assert len({first, *others}) == 6
 
 
 # --- the app, with a recording launcher ---------------------------------------------------------------------
@@ -419,6 +434,9 @@ def test_firing_group_starts_one_rollback_for_its_alerts(app: FastAPI, launcher:
         "3f40106c17c8ba42",
         "HighErrorRate",
         request.alert_labels,
+        group_key='{}/{env="production"}:{alertname="HighErrorRate", service="checkout"}',
+        alerts=(("3f40106c17c8ba42", FIRING_START), ("554baf638e4e79b9", FIRING_START)),
+        hold_minutes=30,
     )
     labels = dict(request.alert_labels)
     assert (labels["alertname"], labels["service"], labels["severity"]) == ("HighErrorRate", "checkout", "critical")
@@ -805,7 +823,8 @@ def test_concurrent_launches_create_one_run_per_target(deployment_id: uuid.UUID)
     assert flow_run.parameters["incident"] == "http://127.0.0.1:9090/graph?g0.expr=errors"
     assert flow_run.parameters["detected_at"] == "2026-08-20T10:12:30.123000+00:00"
     assert set(flow_run.tags) == {"alert", service, "production"}
-    assert flow_run.idempotency_key == f"alert:{service}:production:2026-08-20T10:12Z"
+    assert flow_run.idempotency_key == idempotency_key(request_for(service, "production"))
+    assert flow_run.parameters["alert"]["fingerprints"] == ["3f40106c17c8ba42"]
 
     staging = run(runs_of(deployment_id, service=service, environment="staging"))
     assert other.created and [str(r.id) for r in staging] == [other.run_id]

@@ -60,7 +60,12 @@ def test_rolls_back_to_last_known_good(sandbox: Sandbox) -> None:
     assert summary.digest.startswith("sha256:") and summary.time_to_recovery > 0
     assert sandbox.app.version == good and health(sandbox) == 200
     dispatches = sandbox.github.dispatches()
-    assert len(dispatches) == 1 and dispatches[0].body["inputs"] == {"sha": good}
+    # The verified digest is what the workflow deploys; the rollback id names its run (found again if need be).
+    rollback_id = str(state.state_details.flow_run_id)
+    assert len(dispatches) == 1
+    assert dispatches[0].body["inputs"] == {"sha": good, "digest": summary.digest, "rollback_id": rollback_id}
+    assert sandbox.deployed_digests == [summary.digest]
+    assert sandbox.github.workflow_runs(REPOSITORY)[0]["display_title"] == f"rollback-production {good} {rollback_id}"
     root, started, ended = one_thread(sandbox)
     assert SEED_1 in root.text and "<!subteam^S0DEVTEAM>" in root.text and "5xx spike" in root.text
     assert SEED_2.format(sha=good) in started.text and not started.reply_broadcast
@@ -105,13 +110,17 @@ def test_missing_image_stops_before_any_change(sandbox: Sandbox) -> None:
     ],
 )
 def test_unusable_sha_changes_nothing(sandbox: Sandbox, given: str, expected: str) -> None:
+    config = None
     if given == "on-branch-feature":
         given = sandbox.github.add_commit(REPOSITORY, "Experiment", branch="feature")
         sandbox.push(given)
     elif given == "running":
         given = sandbox.commits.broken
+        # Refused only when the service itself says so: GitHub Deployments alone are records, not proof.
+        probe = {"url": f"{sandbox.app.url}/version"}
+        config = sandbox.write_config(sandbox.config_data(version_probe=probe), "probe.yaml")
 
-    state = run(sandbox, sha=given)
+    state = run(sandbox, config=config, sha=given)
 
     assert state.is_failed()
     assert expected in str(state.message) or expected in postmortem_of(state)

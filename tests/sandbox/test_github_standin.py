@@ -358,3 +358,65 @@ def test_base_url_needs_a_started_server() -> None:
         assert standin.base_url.startswith("http://127.0.0.1:")
     with pytest.raises(RuntimeError):
         _ = standin.base_url
+
+
+# --- what the exactly-once tests lean on: faults after GitHub acted, run-names, listing by creation time ---
+
+
+@pytest.fixture
+def named_workflow(gh: GitHubStandIn, shas: list[str]) -> int:
+    return gh.add_workflow(
+        REPO,
+        path=".github/workflows/named.yml",
+        name="named",
+        inputs=("sha", "rollback_id"),
+        run_name="rollback ${{ inputs.sha }} ${{ inputs.rollback_id }}",
+    )
+
+
+def test_a_502_after_acceptance_still_creates_the_run(gh: GitHubStandIn, named_workflow: int) -> None:
+    gh.fail_dispatches = ["accept-then-502"]
+    workflow = make_client(gh, retry=None).get_repo(REPO).get_workflow(named_workflow)
+    with pytest.raises(GithubException) as refused:
+        workflow.create_dispatch("main", {"sha": "abc1234", "rollback_id": "rb-1"}, throw=True)
+    assert refused.value.status == 502
+    (run,) = gh.workflow_runs(REPO)
+    assert run["display_title"] == "rollback abc1234 rb-1"
+    # The run is listed, and found by its run-name in the workflow-runs API.
+    since = time.strftime(">=%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    listed = list(workflow.get_runs(event="workflow_dispatch", created=since))
+    assert [r.display_title for r in listed] == ["rollback abc1234 rb-1"]
+    later = time.strftime(">=%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    assert list(workflow.get_runs(created=later)) == []
+
+
+def test_a_reset_after_acceptance_and_a_refusal_before_it(gh: GitHubStandIn, named_workflow: int) -> None:
+    gh.fail_dispatches = ["accept-then-reset", "refuse-502"]
+    workflow = make_client(gh, retry=None).get_repo(REPO).get_workflow(named_workflow)
+    with pytest.raises(OSError):  # requests' ConnectionError: no answer at all
+        workflow.create_dispatch("main", {"sha": "abc1234", "rollback_id": "rb-2"}, throw=True)
+    with pytest.raises(GithubException) as refused:
+        workflow.create_dispatch("main", {"sha": "abc1234", "rollback_id": "rb-3"}, throw=True)
+    assert refused.value.status == 502
+    assert [r["display_title"] for r in gh.workflow_runs(REPO)] == ["rollback abc1234 rb-2"]
+
+
+def test_unexpected_inputs_are_refused_as_github_does(client: Github, named_workflow: int) -> None:
+    workflow = client.get_repo(REPO).get_workflow(named_workflow)
+    with pytest.raises(GithubException) as refused:
+        workflow.create_dispatch("main", {"sha": "abc1234", "digest": "sha256:00"}, throw=True)
+    assert refused.value.status == 422 and 'Unexpected inputs provided: ["digest"]' in str(refused.value.data)
+
+
+def test_an_unreadable_run_status(gh: GitHubStandIn, named_workflow: int) -> None:
+    repo = make_client(gh, retry=None).get_repo(REPO)
+    run = repo.get_workflow(named_workflow).create_dispatch(
+        "main", {"sha": "abc1234"}, throw=True, return_run_details=True
+    )
+    assert isinstance(run, WorkflowRun)
+    gh.set_runs_unreadable(True)
+    with pytest.raises(GithubException) as unreadable:
+        repo.get_workflow_run(run.id).status  # noqa: B018 -- the read is the test
+    assert unreadable.value.status == 500
+    gh.set_runs_unreadable(False)
+    assert wait_completed(repo, run.id).conclusion == "success"

@@ -36,9 +36,9 @@ REQUEST = DeployRequest(
     image="127.0.0.1:5000/shop:" + SHA,
     digest="sha256:" + "ab" * 32,
     reason="5xx spike après le déploiement",
-    run_id="0b9e6c1e-run",
+    rollback_id="0b9e6c1e-run",
 )
-KEY = f"{REQUEST.run_id}:{SHA}"
+KEY = REQUEST.rollback_id
 
 Answer = tuple[int, dict[str, str], dict[str, Any] | None]
 
@@ -65,6 +65,7 @@ class DeployApi:
         self.statuses: list[dict[str, Any]] = [{"status": "succeeded"}]
         self.head_allowed = True
         self.post_delay = 0.0
+        self.version: tuple[int, dict[str, Any]] = (200, {"service": "shop", "running": {"sha": SHA}})
         self.received: list[Received] = []
         self.bad_signatures = 0
         self._release = threading.Event()
@@ -146,6 +147,8 @@ class DeployApi:
                     self._answer(200, {"id": self.path.rsplit("/", 1)[1], **status})
                 elif self.path == "/deploy":
                     self._answer(200, {"hello": "POST a signed deploy here"})
+                elif self.path == "/version":
+                    self._answer(*api.version)
                 else:
                     self._answer(404, {"error": "not found"})
 
@@ -214,6 +217,19 @@ def test_is_a_deploy_target() -> None:
     assert t.current_version() is None
 
 
+def test_version_url_tells_which_version_runs_or_nothing(api: DeployApi, caplog: pytest.LogCaptureFixture) -> None:
+    t = target(api.url, version_url=f"{api.base_url}/version", version_field="running.sha")
+    assert t.current_version() == SHA
+    api.version = (200, {"running": {"sha": "v2.3.1"}})
+    with caplog.at_level(logging.WARNING, logger="runbook.targets.webhook"):
+        assert t.current_version() is None  # a warning, never an error: the deploy must not depend on it
+        assert "'running.sha' = 'v2.3.1', which is not a commit SHA" in caplog.text
+        api.version = (503, {"error": "down"})
+        assert t.current_version() is None and "answered HTTP 503" in caplog.text
+    assert target(api.url, version_url="http://127.0.0.1:9/version").current_version() is None
+    assert api.requests("POST") == []
+
+
 def test_signed_body_accepted(api: DeployApi) -> None:
     result = target(api.url).deploy(REQUEST)
     [post] = api.requests("POST")
@@ -227,7 +243,7 @@ def test_signed_body_accepted(api: DeployApi) -> None:
         "digest": REQUEST.digest,
         "sha": SHA,
         "reason": REQUEST.reason,
-        "run_id": REQUEST.run_id,
+        "rollback_id": REQUEST.rollback_id,
     }
     assert post.body == json.dumps(json.loads(post.body), separators=(",", ":"), sort_keys=True).encode()
     expected = "sha256=" + hmac.new(SECRET.encode(), post.body, hashlib.sha256).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from prefect.logging import disable_run_logger
 
@@ -12,8 +13,15 @@ from runbook.targets import DeployRequest, DeployTarget, build_target
 from tasks.deploy import deploy
 
 
-def _request(sha: str) -> DeployRequest:
-    return DeployRequest(SERVICE, ENVIRONMENT, sha, "img@sha256:" + "0" * 64, "sha256:" + "0" * 64, "test", "run-1")
+def _request(sandbox: Sandbox, sha: str) -> DeployRequest:
+    """A request for the image pushed for `sha`, pinned by its digest in the real registry."""
+    answer = httpx.head(
+        f"{sandbox.registry.base_url}/v2/acme/shop/manifests/{sha}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    )
+    digest = answer.headers["Docker-Content-Digest"]
+    return DeployRequest(SERVICE, ENVIRONMENT, sha, f"{sandbox.image}@{digest}", digest, "test", "rb-test-1")
 
 
 def _target(config: RunbookConfig) -> DeployTarget:
@@ -22,18 +30,26 @@ def _target(config: RunbookConfig) -> DeployTarget:
 
 def test_dispatches_with_the_sha_and_follows_the_run(sandbox: Sandbox, config: RunbookConfig) -> None:
     good = sandbox.commits.last_known_good
-    result = _target(config).deploy(_request(good))
+    result = _target(config).deploy(_request(sandbox, good))
     assert not result.skipped and result.link and "/actions/runs/" in result.link
     [dispatch] = sandbox.github.dispatches()
-    assert dispatch.body == {"ref": "main", "inputs": {"sha": good}, "return_run_details": True}
+    request = _request(sandbox, good)
+    inputs = {"sha": good, "digest": request.digest, "rollback_id": "rb-test-1"}
+    assert dispatch.body == {"ref": "main", "inputs": inputs, "return_run_details": True}
+    assert sandbox.deployed_digests == [request.digest]
     assert sandbox.app.version == good
 
 
 def test_skips_when_the_target_already_runs_that_version(sandbox: Sandbox, config: RunbookConfig) -> None:
+    # A workflow cannot tell what runs, so the github-actions target never skips; a webhook with a version
+    # endpoint can (here the sandbox app is its own deploy API).
+    deploy_api = {"type": "webhook", "url": f"{sandbox.app.url}/deploy", "version_url": f"{sandbox.app.url}/version"}
+    webhook = load_config(sandbox.write_config(sandbox.config_data(deploy=deploy_api), "webhook.yaml"))
+    assert _target(config).current_version() is None
     with disable_run_logger():
-        result = deploy.fn(config, _request(sandbox.commits.broken))
+        result = deploy.fn(webhook, _request(sandbox, sandbox.commits.broken))
     assert result.skipped and "already runs" in result.detail
-    assert sandbox.github.dispatches() == []
+    assert sandbox.app.deploys == [sandbox.commits.broken]
 
 
 def test_a_run_past_its_deadline_is_a_clear_failure(sandbox: Sandbox) -> None:
@@ -43,7 +59,7 @@ def test_a_run_past_its_deadline_is_a_clear_failure(sandbox: Sandbox) -> None:
     )
     sandbox.github.run_step_seconds = 2.0
     with pytest.raises(DeployError, match=r"did not finish within 0 s \(last status: (queued|in_progress)\)") as caught:
-        _target(load_config(slow)).deploy(_request(sandbox.commits.last_known_good))
+        _target(load_config(slow)).deploy(_request(sandbox, sandbox.commits.last_known_good))
     assert "do not start another rollback" in str(caught.value)
 
 
@@ -52,7 +68,7 @@ def test_a_workflow_without_the_sha_input_is_refused(sandbox: Sandbox) -> None:
         sandbox.config_data(deploy={"type": "github-actions", "sha_input": "commit"}), "wrong-input.yaml"
     )
     with pytest.raises(DeployError, match=r"HTTP 422 \(Required input 'sha' not provided\)"):
-        _target(load_config(wrong)).deploy(_request(sandbox.commits.last_known_good))
+        _target(load_config(wrong)).deploy(_request(sandbox, sandbox.commits.last_known_good))
     assert sandbox.app.version == sandbox.commits.broken
 
 
@@ -64,7 +80,7 @@ def test_a_missing_workflow_says_where_the_template_is(sandbox: Sandbox) -> None
     with pytest.raises(DeployError, match=r"deployments/github/rollback-production\.yml"):
         target.preflight()
     with pytest.raises(DeployError):
-        target.deploy(_request(sandbox.commits.last_known_good))
+        target.deploy(_request(sandbox, sandbox.commits.last_known_good))
     assert sandbox.github.dispatches() == []
 
 

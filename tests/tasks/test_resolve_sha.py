@@ -5,26 +5,76 @@ from __future__ import annotations
 import pytest
 
 from runbook import repository as repo_api
-from runbook.config import RunbookConfig
-from runbook.errors import CommitNotFoundError, ShaError
+from runbook.config import RunbookConfig, load_config
+from runbook.errors import AlreadyRunningError, CommitNotFoundError, ShaError
 from runbook.images import image_exists, registry_client
+from runbook.running import GITHUB_DEPLOYMENTS, VERSION_PROBE, RunningVersion, find_running
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from runbook.targets import build_target
 from tasks.resolve_sha import Resolution, resolve
 
 
-def _resolve(sandbox: Sandbox, config: RunbookConfig, requested: str | None = None) -> Resolution:
+def _running(
+    config: RunbookConfig, warnings: list[str] | None = None, environment: str = ENVIRONMENT
+) -> RunningVersion:
+    repo = repo_api.connect(config.github, REPOSITORY)
+    target = build_target(config, SERVICE, ENVIRONMENT)
+    settings = config.environment(SERVICE, ENVIRONMENT)
+    return find_running(repo, environment, settings, target, (warnings if warnings is not None else []).append)
+
+
+def _resolve(
+    sandbox: Sandbox, config: RunbookConfig, requested: str | None = None, running: RunningVersion | None = None
+) -> Resolution:
     service = config.service(SERVICE)
     repo = repo_api.connect(config.github, service.repository)
-    running = repo_api.running_sha(repo, ENVIRONMENT)
+    current = running or _running(config)
     with registry_client(config) as registry:
-        return resolve(repo, service, ENVIRONMENT, requested, running, lambda s: image_exists(registry, service, s))
+        return resolve(repo, service, ENVIRONMENT, requested, current, lambda s: image_exists(registry, service, s))
 
 
-def test_running_version_is_the_newest_successful_deployment(sandbox: Sandbox, config: RunbookConfig) -> None:
-    repo = repo_api.connect(config.github, REPOSITORY)
-    assert repo_api.running_sha(repo, ENVIRONMENT) == sandbox.commits.broken
-    assert repo_api.running_sha(repo, "staging") is None
+def test_running_version_is_the_newest_deployment_that_went_live(sandbox: Sandbox, config: RunbookConfig) -> None:
+    newest = sandbox.github.deployments(REPOSITORY, ENVIRONMENT)[0]["id"]
+    assert _running(config) == RunningVersion(sandbox.commits.broken, GITHUB_DEPLOYMENTS, False, newest)
+    # CI's post-deploy check failed on a release that went out: it runs. One that errored before going out does not.
+    live = sandbox.github.add_commit(REPOSITORY, "Live but failing checks")
+    live_id = sandbox.github.add_deployment(REPOSITORY, live, ENVIRONMENT, states=("in_progress", "failure"))
+    never = sandbox.github.add_commit(REPOSITORY, "Never went out")
+    sandbox.github.add_deployment(REPOSITORY, never, ENVIRONMENT, states=("queued", "error"))
+    sandbox.github.add_deployment(REPOSITORY, never, ENVIRONMENT, states=())
+    assert _running(config) == RunningVersion(live, GITHUB_DEPLOYMENTS, False, live_id)
+    assert _running(config, environment="staging") == RunningVersion(None, "unknown", False)
+
+
+def test_a_version_probe_wins_and_a_failing_one_falls_through(sandbox: Sandbox) -> None:
+    def config_with(probe: dict[str, str]) -> RunbookConfig:
+        return load_config(sandbox.write_config(sandbox.config_data(version_probe=probe), "probe.yaml"))
+
+    first = sandbox.commits.all[0]
+    sandbox.app.deploy(first)  # run by hand, recorded nowhere: only the service knows
+    short = config_with({"url": f"{sandbox.app.url}/version", "json_field": "build.sha"})
+    assert _running(short) == RunningVersion(first, VERSION_PROBE, True)  # the short SHA, expanded by GitHub
+    assert _running(config_with({"url": sandbox.app.url, "header": "X-Version"})).sha == first
+    warnings: list[str] = []
+    missing = config_with({"url": f"{sandbox.app.url}/version", "json_field": "build.id"})
+    assert _running(missing, warnings).source == GITHUB_DEPLOYMENTS
+    assert warnings == [
+        f"the version probe could not tell which version runs: {sandbox.app.url}/version answered without "
+        "JSON field 'build.id'; trying the next source"
+    ]
+    assert _running(config_with({"url": "http://127.0.0.1:9/version"}), warnings).source == GITHUB_DEPLOYMENTS
+
+
+def test_a_given_sha_is_refused_as_running_only_on_an_authoritative_word(
+    sandbox: Sandbox, config: RunbookConfig
+) -> None:
+    broken = sandbox.commits.broken
+    recorded = _resolve(sandbox, config, broken, RunningVersion(broken, GITHUB_DEPLOYMENTS, False, 1))
+    assert (recorded.sha, recorded.source, recorded.running_source) == (broken, "given", GITHUB_DEPLOYMENTS)
+    assert recorded.warning and "nothing confirms it runs" in recorded.warning
+    with pytest.raises(AlreadyRunningError, match="already the version running in production"):
+        _resolve(sandbox, config, broken, RunningVersion(broken, VERSION_PROBE, True))
 
 
 def test_last_known_good_skips_a_healthy_commit_whose_image_is_gone(sandbox: Sandbox, config: RunbookConfig) -> None:
@@ -49,9 +99,8 @@ def test_falls_back_to_the_first_parent_with_a_warning(sandbox: Sandbox, config:
     service = config.service(SERVICE)
     repo = repo_api.connect(config.github, service.repository)
     with registry_client(config) as registry:
-        resolution = resolve(
-            repo, service, "canary", None, sandbox.commits.broken, lambda s: image_exists(registry, service, s)
-        )
+        running = RunningVersion(sandbox.commits.broken, GITHUB_DEPLOYMENTS, False)
+        resolution = resolve(repo, service, "canary", None, running, lambda s: image_exists(registry, service, s))
     assert (resolution.sha, resolution.source) == (sandbox.commits.last_known_good, "first parent")
     assert resolution.warning and "first parent" in resolution.warning and "check it" in resolution.warning
 
@@ -60,7 +109,7 @@ def test_without_a_running_version_a_sha_is_required(sandbox: Sandbox, config: R
     service = config.service(SERVICE)
     repo = repo_api.connect(config.github, service.repository)
     with pytest.raises(ShaError, match="cannot tell which version runs in staging"):
-        resolve(repo, service, "staging", None, None, lambda s: True)
+        resolve(repo, service, "staging", None, RunningVersion(None, "unknown", False), lambda s: True)
 
 
 def test_explicit_sha_is_expanded(sandbox: Sandbox, config: RunbookConfig) -> None:

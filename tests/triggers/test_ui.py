@@ -170,7 +170,10 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
         expect(main.get_by_text("rollback-shop-production").first).to_be_visible(timeout=TIMEOUT_MS)
         expect(main.get_by_text("Completed", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
         # The log list shows the oldest lines first: the step that chose the SHA is among them.
-        chosen = f"rolling back acme/shop/production from {sandbox.commits.broken[:7]} to {target[:7]} (given)"
+        chosen = (
+            f"rolling back acme/shop/production from {sandbox.commits.broken[:7]} (per GitHub Deployments) "
+            f"to {target[:7]} (given)"
+        )
         expect(main.get_by_text(chosen)).to_be_visible(timeout=TIMEOUT_MS)
         page.wait_for_load_state("networkidle")  # the graph's data is in
         page.screenshot(path=str(output_dir / "ui-custom-run.png"), full_page=True)

@@ -1,0 +1,155 @@
+"""How the rollback flow keeps one incident to one automatic rollback (the decisions are in runbook/hold.py).
+
+- `hold_alert`: at the start of an alert's run (slot taken), held or not; held: reply in the rollback's thread.
+- `previous_rollback`: at the start of a manual run, the line saying an automatic rollback just happened.
+- `deploy_starting`: an alert's run writes down its rollback when it deploys (its end is its flow run's).
+
+None of them ever fails a rollback that goes on, except `hold_alert` when the record cannot be read: an
+alert's run does not roll back blindly over an automatic rollback it cannot see (the slot it holds needs the
+same Prefect API anyway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
+from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled
+from prefect.utilities.urls import url_for
+
+from runbook import hold, messages
+from runbook.config import AlertSettings, RunbookConfig
+from runbook.events import emit
+from runbook.record import RollbackRecord, describe_error, utcnow
+from tasks.notify import Posted, notify_thread
+
+
+def hold_period(config: RunbookConfig) -> timedelta:
+    """`alerts.hold_minutes` (its default without an alerts section)."""
+    minutes = config.alerts.hold_minutes if config.alerts else AlertSettings.model_fields["hold_minutes"].default
+    return timedelta(minutes=minutes)
+
+
+def hold_alert(config: RunbookConfig, record: RollbackRecord, notify: bool) -> State | None:
+    """For an alert's run: None to go on, or the final state of a held run (Cancelled, named Held)."""
+    if record.trigger != "alert" or record.dry_run:
+        return None
+    service, environment = record.service, record.environment
+    try:
+        with get_client(sync_client=True) as client:
+            last = hold.read_last(client, service, environment)
+    except Exception as exc:
+        raise hold.HoldUnknownError(
+            f"cannot read the record of the last automatic rollback of {service}/{environment} "
+            f"({describe_error(exc)}): not rolling back blindly",
+            hint="check the Prefect API, then start the rollback by hand if it is still needed",
+        ) from None
+    reason = hold.hold_reason(last, record.detected_at, utcnow(), hold_period(config), run_id=_run_id())
+    if reason is None or last is None:
+        return None
+    logger = get_run_logger()
+    group_key, fingerprints = _group_of(record.alert)
+    group = hold.group_id(group_key, fingerprints)
+    if group in last.held_groups:
+        logger.warning("held: %s; this alert group was already told in the rollback's thread", reason)
+    else:
+        logger.warning("held: %s; the rollback's thread is told that a person decides", reason)
+        # Written before posting, while the run is quiet: on SQLite an update racing the server's own writes
+        # of task states is refused ("database is locked") and retried by the client seconds later.
+        _remember(last.told(group), logger)
+        if notify:
+            text = messages.held_message(
+                config.slack.language, last.to_sha, last.run_url, record.alert_line(), _start_url()
+            )
+            if not notify_thread(config, service, Posted(last.channel, last.thread_ts), text).ok:
+                _remember(last, logger)  # not told after all: the group's next notification tries again
+    emit("rollback", "held", service, environment, {"reason": reason, "rollback_run": last.flow_run_id})
+    return Cancelled(
+        name="Held",
+        message=f"held: {reason}. No further automatic rollback: a person decides "
+        f"(automatic rollback: {last.run_url or last.flow_run_id})",
+    )
+
+
+def previous_rollback(config: RunbookConfig, record: RollbackRecord) -> str | None:
+    """For a manual run: the root message's line saying an automatic rollback just happened (also a warning)."""
+    if record.trigger != "manual":
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            last = hold.read_last(client, record.service, record.environment)
+    except Exception as exc:
+        record.warn(f"could not tell whether an automatic rollback just happened: {describe_error(exc)}")
+        return None
+    if last is None or not hold.is_recent(last, utcnow(), hold_period(config)):
+        return None
+    at = last.ended_at or last.deploy_started_at
+    record.warn(
+        f"an automatic rollback of {record.service}/{record.environment} just happened: to {last.to_sha[:7]} "
+        f"at {at:%Y-%m-%d %H:%M:%S} UTC ({last.run_url or 'flow run ' + last.flow_run_id})"
+    )
+    return messages.previous_rollback_line(config.slack.language, last.to_sha, at, last.run_url)
+
+
+def deploy_starting(record: RollbackRecord, thread: Posted) -> None:
+    """For an alert's run about to deploy: write it down as the last automatic rollback (held alerts reply to it)."""
+    run_id = _run_id()
+    if record.trigger != "alert" or record.dry_run or record.to_sha is None or run_id is None:
+        return
+    service, environment = record.service, record.environment
+    try:
+        with get_client(sync_client=True) as client:
+            earlier = hold.read_last(client, service, environment)
+            if earlier is not None and earlier.flow_run_id == run_id:  # a Retry of this rollback: same record
+                last = replace(earlier, to_sha=record.to_sha, ended_at=None)
+            else:
+                last = hold.LastRollback(
+                    service=service,
+                    environment=environment,
+                    flow_run_id=run_id,
+                    run_url=record.run_url,
+                    to_sha=record.to_sha,
+                    deploy_started_at=utcnow(),
+                    channel=thread.channel if thread.threaded else None,
+                    thread_ts=thread.ts if thread.threaded else None,
+                )
+            hold.write_last(client, last, replacing=earlier is not None)
+    except Exception as exc:
+        record.warn(
+            f"the automatic rollback was not written down ({describe_error(exc)}): "
+            "a later alert of this incident may start another rollback"
+        )
+    else:
+        record.note(f"written down as the last automatic rollback ({hold.variable_name(service, environment)})")
+
+
+def _remember(last: hold.LastRollback, logger: Any) -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            hold.write_last(client, last, replacing=True)
+    except Exception as exc:
+        logger.warning("could not write down which alert groups were told: %s", describe_error(exc))
+
+
+def _group_of(alert: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """The alert group's key and fingerprints, as the alert endpoint passes them."""
+    if not alert:
+        return "", []
+    fingerprints = alert.get("fingerprints") or [alert.get("fingerprint") or ""]
+    return str(alert.get("group") or ""), [str(f) for f in fingerprints]
+
+
+def _run_id() -> str | None:
+    return str(flow_run.id) if flow_run.id else None
+
+
+def _start_url() -> str | None:
+    """The deployment's run form in the Prefect UI (where a person starts a rollback by hand)."""
+    deployment_id = deployment.id
+    page = url_for("deployment", obj_id=deployment_id) if deployment_id else None
+    return f"{page}/run" if page else None
