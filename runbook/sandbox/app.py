@@ -19,6 +19,7 @@ class SandboxApp:
         self.version = version
         self.broken = set(broken or ())
         self.deploys: list[str] = []
+        self.deploy_requests: list[dict[str, Any]] = []  # the bodies POSTed to /deploy, in order
         self._lock = threading.Lock()
         app = self
 
@@ -47,12 +48,15 @@ class SandboxApp:
                 # The app's own deploy API, for the webhook deploy target: {"sha": ...} switches the version.
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
-                    sha = json.loads(self.rfile.read(length) or b"{}").get("sha")
+                    posted = json.loads(self.rfile.read(length) or b"{}")
+                    sha = posted.get("sha")
                 except (ValueError, AttributeError):
-                    sha = None
+                    posted, sha = {}, None
                 if self.path != "/deploy" or not isinstance(sha, str) or not sha:
                     self._answer(404 if self.path != "/deploy" else 400, {"error": 'POST {"sha": ...} to /deploy'})
                     return
+                with app._lock:
+                    app.deploy_requests.append(posted)
                 app.deploy(sha)
                 self._answer(200, {"id": f"d-{len(app.deploys)}", "status": "succeeded"}, sha)
 

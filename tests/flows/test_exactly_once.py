@@ -111,7 +111,8 @@ def test_an_unreadable_run_status_leaves_the_verdict_to_the_health_check(sandbox
     assert "its status cannot be read" in markdown and "checking health" in markdown and "## Warnings" in markdown
 
 
-def test_the_verified_digest_is_deployed_even_if_the_tag_moves(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("target", ["github-actions", "webhook"])
+def test_the_verified_digest_is_deployed_even_if_the_tag_moves(sandbox: Sandbox, target: str) -> None:
     good = sandbox.commits.last_known_good
     moved: list[str] = []
 
@@ -120,12 +121,20 @@ def test_the_verified_digest_is_deployed_even_if_the_tag_moves(sandbox: Sandbox)
             moved.append(push_image(sandbox.registry.base_url, "acme/shop", good, payload=b"other bits"))
 
     sandbox.slack.on_message = move_the_tag
-    state = run(sandbox)
+    config = None
+    if target == "webhook":  # the app is its own deploy API
+        webhook = {"type": "webhook", "url": f"{sandbox.app.url}/deploy", "timeout_seconds": 5}
+        config = sandbox.write_config(sandbox.config_data(deploy=webhook), "webhook.yaml")
+    state = run(sandbox, config=config)
 
     assert state.is_completed(), state.message
     verified = state.result().digest
     assert moved and moved[0] != verified
-    assert sandbox.deployed_digests == [verified]
+    if target == "webhook":
+        [posted] = sandbox.app.deploy_requests
+        assert (posted["digest"], posted["image"]) == (verified, f"{sandbox.image}@{verified}")
+    else:
+        assert sandbox.deployed_digests == [verified]
     assert verified[:19] in sandbox.slack.messages[-1].text  # announced: what was deployed
 
 
