@@ -24,7 +24,7 @@ from prefect.utilities.urls import url_for
 
 from flows._hold import deploy_starting, hold_alert, previous_rollback
 from flows._slack import Announcer
-from runbook import messages
+from runbook import background, messages
 from runbook.approval import wait_for_approval
 from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
@@ -260,7 +260,9 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
     opening = None if unfinished else open_rollout.submit(config, request, record.run_url, resolution.running)
     slack.rollback_started(resolution.sha, resolution.compare_url)
     rollout = unfinished.deployment_id if unfinished else _rollout_id(opening, record)
-    deploy_starting(record, slack.thread)
+    # The hold's record (alert runs) is written alongside the deploy: a run that dies before it lands leaves an
+    # unfinished rollout, which the next run follows anyway (never a second rollback further back).
+    writing = background.start("hold-record", deploy_starting, record, slack.thread)
     try:
         with record.step("deploy") as step:
             result = deploy(config, request)
@@ -271,7 +273,9 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
             if not result.confirmed:
                 record.warn(f"deploy not confirmed by {result.target}: {result.detail}")
         _verify(config, record)
+        writing.join(timeout=30)
     except Exception as exc:
+        writing.join(timeout=30)
         if rollout is not None:
             # `error`: this deploy surely did nothing (it never went live); `failure`: it may have.
             nothing = isinstance(exc, DeployError) and exc.changed is False

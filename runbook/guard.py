@@ -13,6 +13,7 @@ stale and is released at once; a live holder keeps it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +29,7 @@ from prefect.concurrency._sync import acquire_concurrency_slots_with_lease, rele
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.variables import Variable
 
+from runbook import background
 from runbook.errors import RunbookError
 
 LEASE_SECONDS = 300
@@ -128,10 +130,19 @@ def one_rollback_at_a_time(service: str, environment: str, flow_run_id: UUID | N
             f"another rollback of {service} in {environment} is already running: this one stops here",
             hint="follow the running one in the Prefect UI (flow runs of `rollback`)",
         )
-    variable = holder_variable(service, environment)
+    holder = {"lease_id": str(lease_id), "flow_run_id": str(flow_run_id or "")}
+    # Written alongside the run (see runbook/background.py): only a Retry after a crash reads it.
+    writing = background.start("slot-holder", _write_holder, holder_variable(service, environment), holder)
     try:
-        Variable.set(variable, {"lease_id": str(lease_id), "flow_run_id": str(flow_run_id or "")}, overwrite=True)
         with maintain_concurrency_lease(lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):
             yield released
     finally:
+        writing.join(timeout=30)
         release_concurrency_slots_with_lease(lease_id)
+
+
+def _write_holder(name: str, holder: dict[str, str]) -> None:
+    try:
+        Variable.set(name, holder, overwrite=True)
+    except Exception:  # a Retry after a crash would wait for the lease to expire: worse, not wrong
+        logging.getLogger(__name__).warning("could not write down the holder of the rollback slot %s", name)
