@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._serve import runbook_serve  # noqa: E402
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
 from runbook.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
 from tests.triggers.conftest import free_port, server_env  # noqa: E402
@@ -64,37 +64,17 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="runbook-alert-bench-"))
     with (
-        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as api,
+        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as server,
         Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
     ):
+        api, auth = server.api_url, server.headers
         data = sandbox.config_data(
             deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
         )
         # No hold: each trial is a new incident starting after the previous automatic rollback ended.
         data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
         config = sandbox.write_config(data, "bench.yaml")
-        port = free_port()
-        env = server_env(str(work / "serve-home"), PREFECT_API_URL=api, RUNBOOK_ALERT_TOKEN=TOKEN)
-        log = (work / "serve.log").open("wb")
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        endpoint = f"http://127.0.0.1:{port}/alerts/alertmanager"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    ready = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-                    # The endpoint answers before the runner has registered the deployments.
-                    if ready and httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
+        with runbook_serve(server, config, work, TOKEN) as endpoint:
             sandbox.app.broken.clear()  # the story's versions are all good here: each trial breaks a new one
             latencies, runs = [], []
             for trial in range(args.trials):
@@ -118,15 +98,11 @@ def main() -> None:
                 runs.append(run_id)
                 # Wait for the run to end before the next incident (one rollback at a time).
                 while time.time() - start < 180:
-                    state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
+                    state = httpx.get(f"{api}/flow_runs/{run_id}", headers=auth, timeout=10).json()["state"]["type"]
                     if state in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
                         break
                     time.sleep(0.2)
                 print(f"trial {trial + 1:2d}: alert POST -> dispatch {latencies[-1]:.2f} s (run {state})", flush=True)
-        finally:
-            serve.terminate()
-            serve.wait(timeout=30)
-            log.close()
     ordered = sorted(latencies)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     print(f"\nalert POST -> first deploy request at the target, {len(latencies)} trials:")

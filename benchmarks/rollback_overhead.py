@@ -27,7 +27,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from runbook import messages
 from runbook import repository as repo_api
-from runbook.config import load_config
+from runbook.config import load_config, using_config
 from runbook.images import find_image, image_exists, registry_client
 from runbook.running import find_running
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
@@ -103,9 +103,10 @@ def orchestrated(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     from flows.rollback import rollback
 
     config = _fast(sandbox)
-    start = time.perf_counter()
-    summary = rollback(service=SERVICE, environment=ENVIRONMENT, config_path=str(config))
-    wall = time.perf_counter() - start
+    with using_config(config):
+        start = time.perf_counter()
+        summary = rollback(service=SERVICE, environment=ENVIRONMENT)
+        wall = time.perf_counter() - start
     assert summary.outcome == "recovered"
     return wall, summary.step_seconds
 
@@ -121,7 +122,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Sandbox(Path(tmp) / "warm", run_step_seconds=0) as warm:
         # The first flow call in a process starts Prefect's temporary server: measured apart.
         mark = time.perf_counter()
-        rollback(service=SERVICE, environment=ENVIRONMENT, config_path=str(_fast(warm)))
+        with using_config(_fast(warm)):
+            rollback(service=SERVICE, environment=ENVIRONMENT)
         first = time.perf_counter() - mark
 
     flow_walls, plain_walls, quiet_walls = [], [], []

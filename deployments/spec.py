@@ -1,7 +1,8 @@
 """The project's Prefect deployments, in one place: served by `runbook serve`, written to prefect.yaml.
 
 - `rollback`: no schedule; started from the UI (a form with the configured services and environments as
-  choices), by the alert endpoint, or through the API.
+  choices), by the alert endpoint, or through the API. No parameter chooses the configuration (the serving
+  process's `$RUNBOOK_CONFIG`), silences Slack or names the trigger.
 - `rehearsal-<service>-<environment>`: one per configured environment with a `rehearsal` schedule;
   `drill` where the environment is marked `staging: true`, `preflight` (changes nothing) elsewhere.
 """
@@ -96,6 +97,7 @@ def prefect_yaml(config: RunbookConfig, *, work_pool: str = WORK_POOL) -> str:
         "#   prefect work-pool create runbook --type process\n"
         "#   RUNBOOK_CONFIG=$PWD/runbook.yaml RUNBOOK_PROJECT_DIR=$PWD prefect deploy --all\n"
         "#   PREFECT_WORKER_QUERY_SECONDS=1 RUNBOOK_CONFIG=$PWD/runbook.yaml prefect worker start --pool runbook\n"
+        "# with PREFECT_API_URL and PREFECT_API_AUTH_STRING of the server in both environments (README: Security).\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False, width=120)
 
@@ -109,12 +111,30 @@ def runner_deployments(config: RunbookConfig) -> list[Any]:
 
     flows: dict[str, Any] = {"rollback": rollback, "rehearsal": rehearsal}
     return [
-        flows[spec.flow_name].to_deployment(
-            name=spec.name,
-            description=spec.description,
-            parameters=spec.parameters or None,
-            schedules=[Cron(spec.cron, timezone=spec.timezone)] if spec.cron else None,
-            tags=list(spec.tags),
+        with_choices(
+            flows[spec.flow_name].to_deployment(
+                name=spec.name,
+                description=spec.description,
+                parameters=spec.parameters or None,
+                schedules=[Cron(spec.cron, timezone=spec.timezone)] if spec.cron else None,
+                tags=list(spec.tags),
+            ),
+            config,
         )
         for spec in deployment_specs(config)
     ]
+
+
+def with_choices(deployment: Any, config: RunbookConfig) -> Any:
+    """The form's service and environment choices from `config`, not from the file read when the flow was imported.
+
+    They are also what the Prefect API validates a new run against (a service it does not list is a 409), so
+    `runbook serve` reloading its configuration (SIGHUP) registers them again from the new file.
+    """
+    services = sorted(config.services)
+    environments = sorted({env for service in config.services.values() for env in service.environments})
+    properties = deployment._parameter_openapi_schema.properties
+    for name, choices in (("service", services), ("environment", environments)):
+        if name in properties:
+            properties[name]["enum"] = choices
+    return deployment

@@ -22,15 +22,22 @@ class Announcer:
         self._enabled = enabled
         self._root = _NOTHING
         self._webhook_warned = False
+        self._announced = False
 
     @property
     def thread(self) -> Posted:
         """The thread's root, once posted (what a later run replies to)."""
         return self._root
 
+    @property
+    def announced(self) -> bool:
+        """Whether the incident was told (posted, or tried: Slack may have been down)."""
+        return self._announced
+
     def incident(self) -> None:
-        """Seed message 1: the thread's root."""
-        if self._enabled:
+        """Seed message 1: the thread's root; once per run, later calls do nothing."""
+        if self._enabled and not self._announced:
+            self._announced = True
             text = messages.incident_message(self._ctx)
             self._root = self._kept(notify_incident(self._config, self._ctx.service, text), "incident posted")
 
@@ -51,8 +58,9 @@ class Announcer:
             self._kept(notify_outcome(self._config, self._ctx.service, self._root, text), "end posted (broadcast)")
 
     def failed(self, step: str, reason: str) -> None:
-        """The escalation, broadcast, and the root's status: failed at step X."""
+        """The escalation, broadcast, and the root's status: failed at step X (the incident told first if need be)."""
         if self._enabled:
+            self.incident()
             self._status(messages.status_failed(self._ctx, step), "failed")
             text = messages.failure_message(self._ctx, step, reason)
             self._kept(

@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows._trigger import drill
 from flows.rollback import RollbackSummary, rollback
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import RunbookError
@@ -100,7 +101,6 @@ def rehearsal(
     environment: str,
     mode: Literal["preflight", "drill"] = "preflight",
     notify: Literal["on-problem", "always", "never"] = "on-problem",
-    config_path: str | None = None,
 ) -> RehearsalReport:
     """Rehearse the rollback of a service: `preflight` checks everything without changing anything; `drill` rolls
     a staging environment back to the last known good and forward again.
@@ -110,15 +110,17 @@ def rehearsal(
         environment: The environment to rehearse.
         mode: preflight (safe in production) or drill (staging only: really rolls back and forward).
         notify: When to post the report in Slack: on-problem, always, never.
-        config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
+
+    The configuration is the file `runbook serve` or the worker runs with ($RUNBOOK_CONFIG), never a parameter.
     """
-    config = load_config(config_path)
+    config = load_config()
     config.environment(service, environment)
     report = RehearsalReport(service, environment, mode)
     if mode == "preflight":
         _preflight(config, report)
     else:
-        _drill(config, report, config_path)
+        with drill():  # the rollbacks it runs, in this process, post nothing (this report speaks for them)
+            _drill(config, report)
     create_markdown_artifact(
         markdown=report.markdown(),
         key=artifact_key(service, environment).replace("rollback-", "rehearsal-", 1),
@@ -149,7 +151,7 @@ def _preflight(config: RunbookConfig, report: RehearsalReport) -> None:
     report.check("slack", problem is None, problem or "the token is accepted")
 
 
-def _drill(config: RunbookConfig, report: RehearsalReport, config_path: str | None) -> None:
+def _drill(config: RunbookConfig, report: RehearsalReport) -> None:
     service, environment = report.service, report.environment
     if not config.environment(service, environment).staging:
         report.check("staging", False, f"{environment} is not marked `staging: true`: a drill really rolls back")
@@ -162,9 +164,6 @@ def _drill(config: RunbookConfig, report: RehearsalReport, config_path: str | No
                 service=service,
                 environment=environment,
                 reason="rehearsal drill",
-                trigger="drill",
-                notify=False,
-                config_path=config_path,
             )
         ),
     )
@@ -180,9 +179,6 @@ def _drill(config: RunbookConfig, report: RehearsalReport, config_path: str | No
                 environment=environment,
                 sha=back.from_sha,
                 reason="rehearsal drill: forward again",
-                trigger="drill",
-                notify=False,
-                config_path=config_path,
             )
         ),
     )

@@ -24,16 +24,18 @@ from prefect.utilities.urls import url_for
 
 from flows._hold import deploy_starting, hold_alert, previous_rollback
 from flows._slack import Announcer
+from flows._trigger import current_trigger
 from runbook import background, messages
 from runbook.approval import wait_for_approval
 from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
-from runbook.errors import DeployError, RunbookError
+from runbook.errors import DeployError, InvalidShaError, RunbookError, ShaError
 from runbook.events import emit
 from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
 from runbook.record import RollbackRecord, describe_error, utcnow
 from runbook.repository import UnfinishedRollout
 from runbook.retries import collect_retries
+from runbook.shas import normalize_sha
 from runbook.targets import DeployRequest
 from tasks.deploy import (
     close_rollout,
@@ -94,10 +96,7 @@ def rollback(
     require_approval: bool = False,
     approval_timeout_seconds: int = 900,
     detected_at: datetime | None = None,
-    trigger: str = "manual",
     alert: dict[str, Any] | None = None,
-    notify: bool = True,
-    config_path: str | None = None,
 ) -> RollbackSummary | State:
     """Roll a service back to its last stable version, telling everyone, and write the post-mortem.
 
@@ -111,18 +110,20 @@ def rollback(
         require_approval: Pause before deploying until a person approves in the Prefect UI (Resume).
         approval_timeout_seconds: How long to wait for that approval before giving up (nothing deployed).
         detected_at: When the incident started (an alert's startsAt); default: now.
-        trigger: Who started the run: manual, alert, schedule, drill.
-        alert: The alert that started it (name, labels, link), set by the alert endpoint.
-        notify: Tell Slack (rehearsal drills turn it off and report on their own).
-        config_path: The configuration file; default $RUNBOOK_CONFIG or ./runbook.yaml.
+        alert: The alert that started it (name, labels, link), set by the alert endpoint; such a run follows the
+            rules of automatic rollbacks (one per incident).
+
+    The configuration is the file `runbook serve` or the worker runs with ($RUNBOOK_CONFIG), never a parameter;
+    who started the run is what the runbook knows (flows/_trigger.py); every rollback that changes something is
+    announced in Slack.
     """
-    config = load_config(config_path)
+    config = load_config()
     config.environment(service, environment)  # unknown service or environment: fail before anything
     now = utcnow()
     record = RollbackRecord(
         service=service,
         environment=environment,
-        trigger=trigger,
+        trigger=current_trigger(alert),
         reason=reason,
         incident=incident,
         detected_at=detected_at or now,
@@ -132,7 +133,14 @@ def rollback(
         alert=alert,
         attempt=flow_run.run_count or 1,
     )
-    options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, notify and not dry_run)
+    try:  # the format needs no I/O: a malformed SHA is refused before the slot, Slack or GitHub
+        sha = normalize_sha(sha) if sha and sha.strip() else None
+    except InvalidShaError as exc:
+        _refused(record, exc)
+        raise
+    # Drills report in the rehearsal's artifact; every other rollback that changes something is announced.
+    posts = not dry_run and record.trigger != "drill"
+    options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, posts)
     with ExitStack() as stack:
         stale = None
         if not dry_run:
@@ -143,7 +151,8 @@ def rollback(
                 return Cancelled(message=str(exc))
         if stale:
             record.note(f"released the rollback slot of {stale}, which can no longer hold it")
-        held = hold_alert(config, record, notify)  # one incident, one automatic rollback: a held alert stops here
+        # One incident, one automatic rollback: a held alert stops here.
+        held = hold_alert(config, record, options.posts)
         if held is not None:
             return held
         return _run(config, record, options)
@@ -170,12 +179,15 @@ def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> Ro
         emit("rollback", "started", service, environment, {"trigger": record.trigger, "reason": record.reason})
     try:
         with collect_retries(record):
-            slack.incident()
+            if options.sha is None:
+                slack.incident()  # at once: the team hears of it while the version is chosen
             _procedure(config, record, slack, options)
     except Exception as exc:
         step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
         record.fail(step, describe_error(exc))
-        slack.failed(step, record.failure_reason or "")
+        # A given SHA refused (unknown, off the branch, running now) was checked before any post: none now either.
+        if slack.announced or not isinstance(exc, ShaError):
+            slack.failed(step, record.failure_reason or "")
         if not options.dry_run:
             emit("rollback", "failed", service, environment, {"step": step, "reason": record.failure_reason})
         raise
@@ -221,6 +233,7 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
             record.warn(resolution.warning)
         if resolution.compare_url:
             record.links["changes rolled back"] = resolution.compare_url
+    slack.incident()  # a given SHA once checked (already posted for the others): a refused one posts nothing
 
     with record.step("verify-image") as step:
         if unfinished is not None:
@@ -357,6 +370,13 @@ def _rollout_id(opening: PrefectFuture[int | None] | None, record: RollbackRecor
         record.warn(f"GitHub deployment record: {describe_error(outcome)}")
         return None
     return outcome
+
+
+def _refused(record: RollbackRecord, exc: RunbookError) -> None:
+    """A run refused on its parameters before it began: the post-mortem says why; nothing was posted or changed."""
+    record.fail(exc.step, describe_error(exc))
+    record.ended_at = utcnow()
+    write_postmortem(record)
 
 
 def _run_url() -> str | None:

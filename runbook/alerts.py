@@ -8,8 +8,11 @@ A POST goes: bearer token (constant-time compare) -> body size -> JSON -> payloa
 entry -> `decide()` (pure: resolved, not eligible, unknown service or environment are ignored) -> one
 `RunLauncher.launch()` per (service, environment) in the payload -> one decision per alert in the answer.
 
-Status codes: 401 no or wrong token, 413 body too large, 400 not JSON, 422 not the expected shape (naming the
-field), 503 the launcher (the Prefect API) failed — the only 5xx, so Alertmanager retries it and only it.
+Status codes: 401 no or wrong token, 413 body too large (`alerts.max_body_bytes`, 16 MiB: about 14,000 alerts
+with a dozen labels and four annotations each), 408 a body that did not arrive within `BODY_SECONDS`, 400 not
+JSON, 422 not the expected shape (naming the field), 503 the launcher (the Prefect API) failed, is busy past
+`LAUNCH_SECONDS`, or its deployment refuses the service (registered from an older configuration) — the only 5xx,
+so Alertmanager retries it and only it. Alerts that start nothing are logged once per webhook with the reasons.
 
 `PrefectLauncher` keeps one rollback per (service, environment): an active run of the deployment with the same
 `service` and `environment` parameters is returned instead of a new one. Its idempotency key (the alert group's
@@ -30,8 +33,9 @@ import hmac
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -40,7 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from runbook import hold
-from runbook.config import AlertSettings, RunbookConfig
+from runbook.config import AlertSettings, RunbookConfig, check_alert_token
 from runbook.errors import ConfigError, RunbookError
 
 if TYPE_CHECKING:
@@ -57,6 +61,12 @@ Outcome = Literal["started", "already-running", "held", "ignored"]
 #: Prefect state types of a run that is still going (AwaitingRetry/Late are SCHEDULED, Retrying is RUNNING).
 ACTIVE_STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 _REASON_MAX = 300
+#: How long a launch may take (the Prefect API busy included) before the answer is a 503 the sender retries.
+LAUNCH_SECONDS = 8.0
+#: Launches talking to the Prefect API at once (more only queue up for SQLite's writer lock).
+LAUNCH_CONCURRENCY = 4
+#: How long reading a request body may take before the answer is a 408 (a stalled sender holds nothing longer).
+BODY_SECONDS = 20.0
 
 
 class LaunchError(RunbookError):
@@ -313,43 +323,74 @@ class PrefectLauncher:
 
     Within this process an `asyncio.Lock` per (service, environment) serialises check-then-create; across
     processes (two endpoint replicas) the idempotency key makes the same alert group land on the same run.
+
+    Under a storm (20 services alerting at once, Prefect on SQLite busy with the runs already started) the
+    launches under way share one API client, read the deployment once, make their reads concurrently (active
+    runs, the idempotency key's run, the hold record) and then their one write; at most `concurrency` of them
+    talk to the API at a time (more only collide on SQLite's writer lock: a 503 each, after about 2 s). A 503
+    is retried after 0.1 s, doubling up to 1 s, instead of Prefect's 2 s, 4 s... The whole launch is bounded by
+    `timeout_seconds`: past it, the answer is a 503 saying the API is busy, which Alertmanager retries (and
+    the idempotency key makes the retry find a run the late attempt may have created).
     """
 
     def __init__(
         self,
         deployment_name: str = "rollback/rollback",
         *,
-        config_path: str | None = None,
-        timeout_seconds: float = 15.0,
+        timeout_seconds: float = LAUNCH_SECONDS,
+        concurrency: int = LAUNCH_CONCURRENCY,
     ) -> None:
         self.deployment_name = deployment_name
-        self.config_path = config_path
         self.timeout_seconds = timeout_seconds
+        self.concurrency = concurrency
         self._deployment_id: UUID | None = None
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on: _LoopState | None = None
 
     def __repr__(self) -> str:
         return f"PrefectLauncher(deployment_name={self.deployment_name!r})"
 
-    def _lock(self, service: str, environment: str) -> asyncio.Lock:
+    def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # an asyncio.Lock belongs to one event loop
-            self._loop, self._locks = loop, {}
-        return self._locks.setdefault((service, environment), asyncio.Lock())
+        if self._on is None or self._on.loop is not loop:  # locks and clients belong to one event loop
+            self._on = _LoopState(loop, asyncio.Semaphore(self.concurrency), asyncio.Lock())
+        return self._on
+
+    @asynccontextmanager
+    async def _client(self, state: _LoopState) -> AsyncIterator[PrefectClient]:
+        """One API client shared by the launches under way (one connection pool), closed after the last."""
+        async with state.opening:
+            if state.no_retries is None:
+                import prefect.context
+                from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+                # Prefect's client waits 2 s, then 4 s... after each 503: `_until_answered` retries sooner.
+                settings = prefect.context.get_settings_context()
+                quick = settings.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+                state.no_retries = (settings.profile, quick)
+            if state.client is None:
+                from prefect.client.orchestration import get_client
+
+                client = get_client()
+                await client.__aenter__()
+                state.client = client
+            state.users += 1
+            shared = state.client
+        try:
+            yield shared
+        finally:
+            state.users -= 1
+            if state.users == 0 and state.client is shared:
+                state.client = None
+                await shared.__aexit__(None, None, None)
 
     async def launch(self, request: RollbackRequest) -> Launch:
         import httpx
-        from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound, PrefectException
 
+        state = self._state()
         try:
-            async with (
-                asyncio.timeout(self.timeout_seconds),
-                self._lock(request.service, request.environment),
-                get_client() as client,
-            ):
-                return await self._launch(client, request)
+            async with asyncio.timeout(self.timeout_seconds), state.lock(request.service, request.environment):
+                return await self._until_answered(state, request)
         except ObjectNotFound:
             self._deployment_id = None
             raise LaunchError(
@@ -358,14 +399,39 @@ class PrefectLauncher:
             ) from None
         except TimeoutError:
             raise LaunchError(
-                f"the Prefect API did not answer within {self.timeout_seconds:g} s",
-                hint="check the Prefect server (prefect server start) and PREFECT_API_URL",
+                f"the Prefect API is busy: no answer within {self.timeout_seconds:g} s",
+                hint="the sender retries this 503; if it lasts, check the Prefect server (on SQLite, a storm of "
+                "runs keeps it busy: PostgreSQL for a shared server) and PREFECT_API_URL",
             ) from None
         except (httpx.HTTPError, PrefectException, OSError) as exc:
             raise LaunchError(
                 f"the Prefect API failed: {type(exc).__name__}: {exc}",
                 hint="check the Prefect server (prefect server start) and PREFECT_API_URL",
             ) from None
+
+    async def _until_answered(self, state: _LoopState, request: RollbackRequest) -> Launch:
+        """`_launch`, again after a short pause (0.1 s, doubling up to 1 s) while the API answers it is busy.
+
+        SQLite's writer lock ("database is locked") comes back as a 503; every call of a launch is safe to repeat
+        (reads, and a create carrying the idempotency key). The launch's timeout bounds the whole.
+        """
+        import prefect.context
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        pause = 0.1
+        async with self._client(state) as client:
+            while True:
+                async with state.gate:
+                    profile, settings = state.no_retries
+                    try:
+                        with prefect.context.SettingsContext(profile=profile, settings=settings):
+                            return await self._launch(client, request)
+                    except PrefectHTTPStatusError as exc:
+                        if exc.response.status_code not in (429, 502, 503):
+                            raise
+                        logger.debug("Prefect API busy (%s): retrying in %.1f s", exc.response.status_code, pause)
+                await asyncio.sleep(pause)  # not holding a place at the gate
+                pause = min(pause * 2, 1.0)
 
     async def _launch(self, client: PrefectClient, request: RollbackRequest) -> Launch:
         from prefect.client.schemas.filters import (
@@ -377,32 +443,36 @@ class PrefectLauncher:
         )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
+        from prefect.exceptions import PrefectHTTPStatusError
 
         deployment_id = await self._resolve_deployment(client)
-        active = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in ACTIVE_STATE_TYPES])),
+        key = idempotency_key(request)
+        # Three reads at once (one round trip's wait; reads do not take SQLite's writer lock), then one write.
+        active, earlier, held = await asyncio.gather(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType(t) for t in ACTIVE_STATE_TYPES])
+                    ),
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
             ),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                    idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]),
+                ),
+                limit=1,
+            ),
+            _held_and_told(client, request),
         )
         for run in active:
             given = run.parameters or {}
             if (given.get("service"), given.get("environment")) == (request.service, request.environment):
                 return _launch_of(run, created=False)
-
-        key = idempotency_key(request)
-        earlier = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-                idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]),
-            ),
-            limit=1,
-        )
         if earlier:  # these alerts' rollback already ran and ended: Prefect would hand it back anyway
             return _launch_of(earlier[0], created=False)
-
-        held = await _held_and_told(client, request)
         if held is not None:
             return held
 
@@ -412,8 +482,7 @@ class PrefectLauncher:
             "reason": request.reason,
             "incident": request.link,
             "detected_at": request.detected_at.isoformat(),
-            "trigger": "alert",
-            # For the post-mortem: which alert, with its labels and link.
+            # For the post-mortem: which alert, with its labels and link (the flow's trigger is then `alert`).
             "alert": {
                 "name": request.alert_name,
                 "labels": dict(request.alert_labels),
@@ -425,14 +494,17 @@ class PrefectLauncher:
                 "fingerprints": request.fingerprints,
             },
         }
-        if self.config_path is not None:
-            parameters["config_path"] = self.config_path
-        run = await client.create_flow_run_from_deployment(
-            deployment_id,
-            parameters=parameters,
-            tags=["alert", request.service, request.environment],
-            idempotency_key=key,
-        )
+        try:
+            run = await client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=parameters,
+                tags=["alert", request.service, request.environment],
+                idempotency_key=key,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            raise _refused_by_deployment(self.deployment_name, request, exc.response) from None
         logger.info(
             "created rollback run %s for %s/%s (alert %s)",
             run.id,
@@ -444,8 +516,41 @@ class PrefectLauncher:
 
     async def _resolve_deployment(self, client: PrefectClient) -> UUID:
         if self._deployment_id is None:
-            self._deployment_id = (await client.read_deployment_by_name(self.deployment_name)).id
+            async with self._state().opening:  # read once, not once per launch waiting for it
+                if self._deployment_id is None:
+                    self._deployment_id = (await client.read_deployment_by_name(self.deployment_name)).id
         return self._deployment_id
+
+
+@dataclass
+class _LoopState:
+    """What a launcher keeps per event loop: the gate, the per-target locks, the shared API client."""
+
+    loop: asyncio.AbstractEventLoop
+    gate: asyncio.Semaphore
+    opening: asyncio.Lock
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    client: PrefectClient | None = None
+    users: int = 0
+    no_retries: Any = None  # (profile, settings) of Prefect's settings context, with its client's retries off
+
+    def lock(self, service: str, environment: str) -> asyncio.Lock:
+        return self.locks.setdefault((service, environment), asyncio.Lock())
+
+
+def _refused_by_deployment(deployment: str, request: RollbackRequest, response: Any) -> LaunchError:
+    """Prefect's 409: the deployment's parameter schema (its service and environment choices) refuses these."""
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:
+        detail = response.text
+    return LaunchError(
+        f"the Prefect deployment {deployment!r} does not accept service={request.service!r} "
+        f"environment={request.environment!r} ({detail[:300] or 'HTTP 409'}): it was registered from an older "
+        "configuration",
+        hint="reload `runbook serve` (kill -HUP its process: it re-reads the configuration and registers the "
+        "deployments again) or restart it; the sender retries this 503 meanwhile",
+    )
 
 
 async def _held_and_told(client: PrefectClient, request: RollbackRequest) -> Launch | None:
@@ -500,25 +605,56 @@ class _Refused(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.status == 408:  # the rest of a late body is not awaited: the connection ends with the answer
+            headers = {"Connection": "close"}
         return JSONResponse({"error": self.error, **self.extra}, status_code=self.status, headers=headers)
 
 
-def create_app(config: RunbookConfig, launcher: RunLauncher, *, token: str | SecretStr | None = None) -> FastAPI:
-    """The alert endpoint as an ASGI app; `token` defaults to the secret `alerts.token` refers to."""
+@dataclass(frozen=True)
+class _Current:
+    """What the endpoint answers with: the configuration, the token it wants, the body limit."""
+
+    config: RunbookConfig
+    token: bytes
+    limit: int
+
+
+def _current(config: RunbookConfig, token: str | SecretStr | None) -> _Current:
     settings = alert_settings(config)
     secret = token if token is not None else settings.token.reveal()
     expected = (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).encode()
-    if not expected.strip():
-        raise ConfigError("the alert token is empty", hint=f"set a long random value in {settings.token.describe()}")
-    limit = settings.max_body_bytes
+    check_alert_token(expected.decode(), settings.token.describe())  # empty or short enough to guess: refused
+    return _Current(config, expected, settings.max_body_bytes)
 
+
+def create_app(
+    config: RunbookConfig,
+    launcher: RunLauncher,
+    *,
+    token: str | SecretStr | None = None,
+    body_seconds: float = BODY_SECONDS,
+) -> FastAPI:
+    """The alert endpoint as an ASGI app; `token` defaults to the secret `alerts.token` refers to.
+
+    A body that takes longer than `body_seconds` to arrive is answered 408 and its connection closed.
+    `reconfigure(app, config)` swaps the configuration for the next requests (`runbook serve` on SIGHUP).
+    """
     app = FastAPI(title="runbook alerts", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runbook_token = token
+    app.state.runbook = _current(config, token)
 
     async def handle(request: Request, source: str, parse: Callable[[Any], list[Alert]]) -> Response:
+        current: _Current = app.state.runbook
         try:
-            _authorize(request.headers.get("authorization"), expected)
-            alerts = parse(_decode(await _read_body(request, limit)))
-            answer = await _answer(alerts, config, launcher, source)
+            _authorize(request.headers.get("authorization"), current.token)
+            try:
+                async with asyncio.timeout(body_seconds):
+                    body = await _read_body(request, current.limit)
+            except TimeoutError:
+                raise _Refused(408, f"the body did not arrive within {body_seconds:g} s") from None
+            # A group of thousands of alerts takes a few hundred ms to parse: not on the event loop.
+            alerts = await asyncio.to_thread(lambda: parse(_decode(body)))
+            answer = await _answer(alerts, current.config, launcher, source)
         except _Refused as refused:
             client = request.client.host if request.client else "?"
             level = logging.ERROR if refused.status >= 500 else logging.WARNING
@@ -539,6 +675,14 @@ def create_app(config: RunbookConfig, launcher: RunLauncher, *, token: str | Sec
         return {"status": "ok"}
 
     return app
+
+
+def reconfigure(app: FastAPI, config: RunbookConfig) -> None:
+    """Answer the next requests with `config` (services, environments, labels, token, body limit).
+
+    A ConfigError (no `alerts` section, a token that cannot be read or is too short) leaves the app as it was.
+    """
+    app.state.runbook = _current(config, app.state.runbook_token)
 
 
 def _authorize(header: str | None, expected: bytes) -> None:
@@ -598,9 +742,6 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
                 service=decision.service,
                 environment=decision.environment,
             )
-    ignored = Counter(o.reason for o in outcomes if o is not None)
-    for reason, count in sorted(ignored.items()):
-        logger.info("%s webhook: %d alert(s) ignored: %s", source, count, reason)
     hold_minutes = alert_settings(config).hold_minutes
     for (service, environment), rollbacks in targets.items():
         # The group's earliest alert: its start is when the incident was detected.
@@ -626,16 +767,7 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
         for index in rollbacks:
             outcomes[index] = _outcome(alerts[index], service, environment, launch, starter=index == first)
         if launch.held:
-            logger.info(
-                "%s webhook: %s/%s alert group %r held for %d alert(s): %s",
-                source,
-                service,
-                environment,
-                request.group_key,
-                len(rollbacks),
-                launch.held,
-            )
-            continue
+            continue  # said below, with the ignored ones
         logger.info(
             "%s webhook: %s/%s run %s (%s, %s) for %d alert(s)",
             source,
@@ -646,7 +778,32 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
             launch.state,
             len(rollbacks),
         )
-    return AlertsAnswer(alerts=[o for o in outcomes if o is not None])
+    answered = [o for o in outcomes if o is not None]
+    _log_unstarted(source, alerts, answered)
+    return AlertsAnswer(alerts=answered)
+
+
+def _log_unstarted(source: str, alerts: list[Alert], outcomes: list[AlertOutcome]) -> None:
+    """One line per webhook (one alert group) for its alerts that started nothing, with each reason and count.
+
+    At WARNING, so that `runbook serve`'s output says why an alert rolled nothing back (wrong labels, unknown
+    service, held, already ran); at INFO when they are all merely resolved.
+    """
+    unstarted = Counter(o.reason for o in outcomes if o.decision in ("ignored", "held"))
+    if not unstarted:
+        return
+    level = logging.INFO if set(unstarted) == {"resolved"} else logging.WARNING
+    group = next((a.group_key for a in alerts if a.group_key), "") or "(no groupKey)"
+    reasons = "; ".join(f"{reason} ({count} alert(s))" for reason, count in sorted(unstarted.items()))
+    logger.log(
+        level,
+        "%s webhook, alert group %s: %d of %d alert(s) started nothing: %s",
+        source,
+        group,
+        sum(unstarted.values()),
+        len(outcomes),
+        reasons,
+    )
 
 
 def _outcome(alert: Alert, service: str, environment: str, launch: Launch, *, starter: bool) -> AlertOutcome:

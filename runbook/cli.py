@@ -35,7 +35,7 @@ def _fail(exc: RunbookError) -> None:
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration file; say what is wrong, key by key (exit 2 when invalid)."""
-    from runbook.config import load_config
+    from runbook.config import check_alert_token, load_config
 
     try:
         cfg = load_config(config)
@@ -57,6 +57,12 @@ def check_config(config: ConfigOption = None) -> None:
     for key, ref in refs:
         if ref is not None and ref.env is not None and not os.environ.get(ref.env):
             typer.secho(f"warning: {key}: {ref.describe()} is not set here", fg=typer.colors.YELLOW)
+    alert_token = cfg.alerts.token if cfg.alerts else None
+    if alert_token is not None and alert_token.env is not None and os.environ.get(alert_token.env):
+        try:  # readable here: refused now rather than when `serve` starts
+            check_alert_token(os.environ[alert_token.env], alert_token.describe())
+        except RunbookError as exc:
+            _fail(exc)
     typer.echo("configuration is valid")
 
 
@@ -72,17 +78,16 @@ def rollback(
 ) -> None:
     """Run the rollback flow here and now (the Prefect UI and alerts use the deployments instead)."""
     prefect_defaults()
-    from runbook.config import config_path
+    from runbook.config import config_path, using_config
+    from runbook.serve import CLIENT_AUTH_SETTING, local_auth_string
 
-    state = _run_rollback(
-        service=service,
-        environment=environment,
-        sha=sha,
-        reason=reason,
-        incident=incident,
-        dry_run=dry_run,
-        config_path=str(config_path(config)),
-    )
+    auth_string = local_auth_string(os.environ)  # PREFECT_API_URL is the server `runbook serve` started here
+    if auth_string:
+        os.environ[CLIENT_AUTH_SETTING] = auth_string
+    with using_config(config_path(config)):
+        state = _run_rollback(
+            service=service, environment=environment, sha=sha, reason=reason, incident=incident, dry_run=dry_run
+        )
     raise typer.Exit(0 if state.is_completed() else 1)
 
 
@@ -116,7 +121,9 @@ def serve(
     alerts_port: Annotated[int, typer.Option(help="port of the alert endpoint")] = 8787,
 ) -> None:
     """Serve the rollback and rehearsal deployments and the alert endpoint (Ctrl-C stops)."""
-    prefect_defaults(Path(".runbook/prefect").resolve() if not os.environ.get("PREFECT_API_URL") else None)
+    from runbook.serve import SERVE_HOME  # not Prefect: its settings are read at import, after these defaults
+
+    prefect_defaults(Path(SERVE_HOME).resolve() if not os.environ.get("PREFECT_API_URL") else None)
     from runbook.config import config_path
     from runbook.serve import serve as run_server
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -23,7 +25,7 @@ from pydantic import (
 )
 
 from runbook.errors import ConfigError, SecretError
-from runbook.models import Settings
+from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS, Settings, UrlStr, http_url
 from runbook.verification import MetricCheck, SmokeCheck
 
 DEFAULT_CONFIG_PATH = "runbook.yaml"
@@ -31,6 +33,7 @@ CONFIG_ENV_VAR = "RUNBOOK_CONFIG"
 
 _NAME = r"^[a-z0-9][a-z0-9-]*$"
 _TAG_FIELDS = {"sha", "short_sha"}
+_REGISTRY_HOST = re.compile(r"([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 _Model = Settings
@@ -40,6 +43,52 @@ def _dotted_path(value: str) -> str:
     if not value or any(not part for part in value.split(".")):
         raise ValueError("must be a dotted path such as 'sha' or 'build.sha'")
     return value
+
+
+_ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_BLOCK_NAME = re.compile(r"[a-z0-9-]+")
+# How known credentials start (GitHub, Slack, GitLab, AWS, OpenAI/Stripe, Standard Webhooks, JWTs, PEM keys), or
+# a URL (a Slack incoming webhook is one).
+_CREDENTIAL = re.compile(
+    r"gh[pousr]_|github_pat_|xox[abepors]-|xapp-|glpat-|sk-\w|sk_live_|sk_test_|rk_live_|whsec_|eyJ|-----BEGIN"
+    r"|(AKIA|ASIA)[A-Z0-9]{16}$|\w+://"
+)
+MIN_ALERT_TOKEN_LENGTH = 16
+
+
+def looks_like_credential(value: str) -> bool:
+    """Whether a reference's value is more likely a secret than a name: a known prefix, or random-looking."""
+    if _CREDENTIAL.match(value.strip()):
+        return True
+    if len(value) < 16 or not re.search(r"[0-9]", value):
+        return False
+    # Names are upper-case (variables) or lower-case (blocks) words; keys mix cases and digits, or run long.
+    mixed = bool(re.search(r"[a-z]", value)) and bool(re.search(r"[A-Z]", value))
+    return mixed or re.search(r"[A-Za-z0-9+/=]{32}", value) is not None
+
+
+def _reference(value: str, name: re.Pattern[str], what: str, rule: str) -> None:
+    """Refuse a reference that is not a name; never repeat it (it may be the secret)."""
+    if looks_like_credential(value):
+        raise ValueError(
+            f"looks like a credential, not the name of {what}: keep the secret in {what} and write its name "
+            "here; if it is a real secret, rotate it"
+        )
+    if not value:
+        raise ValueError(f"is empty: give the name of {what} ({rule})")
+    if not name.fullmatch(value):
+        raise ValueError(f"must be the name of {what} ({rule})")
+
+
+def check_alert_token(token: str, where: str) -> None:
+    """Refuse an alert token that is empty or short enough to guess; the message says where it was read, not it."""
+    if not token.strip():
+        raise ConfigError("the alert token is empty", hint=f"set a long random value in {where}")
+    if len(token.strip()) < MIN_ALERT_TOKEN_LENGTH:
+        raise ConfigError(
+            f"alerts.token: the token in {where} is shorter than {MIN_ALERT_TOKEN_LENGTH} characters",
+            hint="set a long random value there, e.g. the output of `openssl rand -hex 32`",
+        )
 
 
 class SecretRef(_Model):
@@ -61,6 +110,21 @@ class SecretRef(_Model):
                 "secrets are referenced, never written in the file: use {env: VAR_NAME} or "
                 "{prefect_secret: block-name} (or the short forms 'env:VAR_NAME', 'prefect-secret:block-name')"
             )
+        return value
+
+    # No message below repeats the value: what fails here is, as often as not, the secret itself pasted in.
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _reference(value, _ENV_VAR_NAME, "an environment variable", "A-Z, 0-9 and _, e.g. GITHUB_TOKEN")
+        return value
+
+    @field_validator("prefect_secret")
+    @classmethod
+    def _block_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _reference(value, _BLOCK_NAME, "a Prefect Secret block", "a-z, 0-9 and -, e.g. slack-bot-token")
         return value
 
     @model_validator(mode="after")
@@ -100,21 +164,21 @@ class SecretRef(_Model):
 class GitHubSettings(_Model):
     """How to reach GitHub (or GitHub Enterprise, by base URL)."""
 
-    base_url: str = "https://api.github.com"
+    base_url: UrlStr = "https://api.github.com"
     token: SecretRef | None = None
-    timeout_seconds: float = Field(default=15.0, gt=0)
+    timeout_seconds: float = Field(default=15.0, gt=0, le=MAX_REQUEST_SECONDS)
 
 
 class SlackSettings(_Model):
     """How to reach Slack and what to say there."""
 
-    base_url: str = "https://slack.com/api/"
+    base_url: UrlStr = "https://slack.com/api/"
     token: SecretRef | None = Field(default=None, description="bot token (chat:write): threads and status updates")
     webhook_url: SecretRef | None = Field(
         default=None, description="incoming webhook, used when no bot token is set: no thread, no updates"
     )
     language: Literal["fr", "en"] = "fr"
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_REQUEST_SECONDS)
 
 
 class RegistrySettings(_Model):
@@ -124,6 +188,16 @@ class RegistrySettings(_Model):
     username: str | None = None
     password: SecretRef | None = None
     insecure: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _REGISTRY_HOST.fullmatch(value):
+            raise ValueError(
+                "must be a registry host such as ghcr.io or 127.0.0.1:5000, without a scheme or path "
+                "(insecure: true for plain HTTP)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _pair(self) -> RegistrySettings:
@@ -146,8 +220,8 @@ class GitHubActionsTarget(_Model):
         default="rollback_id",
         description="input carrying the rollback id, shown in the run-name so a run can be found again; null if none",
     )
-    poll_interval_seconds: float = Field(default=5.0, gt=0)
-    timeout_seconds: float = Field(default=1800.0, gt=0)
+    poll_interval_seconds: float = Field(default=5.0, gt=0, le=MAX_INTERVAL_SECONDS)
+    timeout_seconds: float = Field(default=1800.0, gt=0, le=MAX_WAIT_SECONDS)
     lookup_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -172,8 +246,8 @@ class DockerTarget(_Model):
     sha_label: str = Field(
         default="org.opencontainers.image.revision", description="image/container label holding the commit SHA"
     )
-    stop_timeout_seconds: int = Field(default=10, ge=0)
-    start_timeout_seconds: float = Field(default=30.0, gt=0)
+    stop_timeout_seconds: int = Field(default=10, ge=0, le=MAX_REQUEST_SECONDS)
+    start_timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_INTERVAL_SECONDS)
 
     @model_validator(mode="after")
     def _selector(self) -> DockerTarget:
@@ -189,13 +263,21 @@ class WebhookTarget(_Model):
 
     type: Literal["webhook"]
     url: str
-    secret: SecretRef | None = Field(default=None, description="HMAC-SHA256 key for the signature header")
-    signature_header: str = "X-Runbook-Signature-256"
-    timeout_seconds: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
+    secret: SecretRef | None = Field(
+        default=None,
+        description="HMAC-SHA256 key signing id, timestamp and body (Standard Webhooks; whsec_<base64> or a plain "
+        "string)",
+    )
+    signature_header: str | None = Field(
+        default="X-Runbook-Signature-256",
+        description="also sign the body alone in this header (sha256=<hex>), for receivers written before the "
+        "webhook-signature header; replayable; null drops it",
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_REQUEST_SECONDS)
+    max_attempts: int = Field(default=3, ge=1, le=20)
     status_url: str | None = Field(default=None, description="polled until done; {id} is the deploy id answered")
-    poll_interval_seconds: float = Field(default=2.0, gt=0)
-    deadline_seconds: float = Field(default=600.0, gt=0)
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=MAX_INTERVAL_SECONDS)
+    deadline_seconds: float = Field(default=600.0, gt=0, le=MAX_WAIT_SECONDS)
     version_url: str | None = Field(
         default=None, description="GET answers JSON naming the commit running now; the most trusted source"
     )
@@ -204,9 +286,7 @@ class WebhookTarget(_Model):
     @field_validator("url", "status_url", "version_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return None if value is None else http_url(value)
 
     @field_validator("version_field")
     @classmethod
@@ -229,9 +309,7 @@ class Probe(_Model):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return http_url(value)
 
     @property
     def label(self) -> str:
@@ -243,9 +321,9 @@ class HealthSettings(_Model):
 
     probes: list[Probe] = Field(min_length=1)
     consecutive_successes: int = Field(default=3, ge=1)
-    interval_seconds: float = Field(default=1.0, ge=0)
-    probe_timeout_seconds: float = Field(default=5.0, gt=0)
-    deadline_seconds: float = Field(default=300.0, gt=0)
+    interval_seconds: float = Field(default=1.0, ge=0, le=MAX_INTERVAL_SECONDS)
+    probe_timeout_seconds: float = Field(default=5.0, gt=0, le=MAX_REQUEST_SECONDS)
+    deadline_seconds: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS)
 
 
 class VersionProbe(_Model):
@@ -259,9 +337,7 @@ class VersionProbe(_Model):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return http_url(value)
 
     @field_validator("json_field")
     @classmethod
@@ -287,7 +363,7 @@ class EnvironmentSettings(_Model):
 
     deploy: DeployTarget
     health: HealthSettings
-    url: str | None = Field(default=None, description="public URL, linked in messages")
+    url: UrlStr | None = Field(default=None, description="public URL, linked in messages")
     metric: MetricCheck | None = Field(default=None, description="error-rate check after the probes (Prometheus)")
     smoke: list[SmokeCheck] = Field(default_factory=list, description="key features checked once healthy")
     version_probe: VersionProbe | None = Field(
@@ -358,7 +434,13 @@ class AlertSettings(_Model):
         default_factory=lambda: {"rollback": "auto"},
         description="labels an alert must carry (exact values) to start a rollback",
     )
-    max_body_bytes: int = Field(default=262_144, ge=1024)
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=128 * 1024 * 1024,
+        description="largest webhook body accepted (a bigger one is a 413, which Alertmanager does not retry): "
+        "an Alertmanager group of 5000 alerts with a dozen labels and four annotations each is about 5.7 MB",
+    )
     hold_minutes: int = Field(
         default=30,
         ge=0,
@@ -436,6 +518,25 @@ def config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
+@contextmanager
+def using_config(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """$RUNBOOK_CONFIG set to `path` (absolute) for the duration: the file the flows of this process read.
+
+    The flows take no configuration parameter (whoever creates a run must not choose the URLs and tokens it
+    uses): a process picks its configuration through its environment, as `runbook serve` and a worker do.
+    """
+    file = Path(path).resolve()
+    before = os.environ.get(CONFIG_ENV_VAR)
+    os.environ[CONFIG_ENV_VAR] = str(file)
+    try:
+        yield file
+    finally:
+        if before is None:
+            os.environ.pop(CONFIG_ENV_VAR, None)
+        else:
+            os.environ[CONFIG_ENV_VAR] = before
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> RunbookConfig:
     """Read and validate the configuration file."""
     file = config_path(path)
@@ -447,7 +548,30 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RunbookConfig:
             hint=f"pass --config PATH or set {CONFIG_ENV_VAR}; runbook.example.yaml shows the format",
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader, without aliases
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{file} is not valid YAML: {_yaml_problem(exc)}") from None
     return parse_config(data, source=str(file))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, refusing anchors and aliases: a few lines of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not allowed in the configuration: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the excerpt of the file PyYAML quotes (it may hold a pasted secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem or exc.context}"
+    return str(exc)

@@ -36,7 +36,9 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 
 from runbook.errors import HealthCheckError
+from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS
 from runbook.models import Settings as _Model
+from runbook.models import http_url as _http_url
 
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _RECENT = 5  # values quoted in a failure message
@@ -60,12 +62,6 @@ class SmokeCheckError(HealthCheckError):
     def __init__(self, message: str, *, hint: str = "", report: SmokeReport | None = None) -> None:
         super().__init__(message, hint=hint)
         self.report = report
-
-
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return value
 
 
 def _promql_string(value: str) -> str:
@@ -98,10 +94,10 @@ class MetricCheck(_Model):
     job: str | None = Field(default=None, description="the service's Prometheus job label, for the default query")
     window: str = Field(default="1m", description="rate() window of the default query, a Prometheus duration")
     threshold: float = Field(default=0.01, gt=0, description="good when strictly under this (0.01 = 1 % of 5xx)")
-    hold_seconds: float = Field(default=30.0, ge=0)
-    interval_seconds: float = Field(default=5.0, gt=0)
-    deadline_seconds: float = Field(default=300.0, gt=0)
-    timeout_seconds: float = Field(default=5.0, gt=0)
+    hold_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS)
+    interval_seconds: float = Field(default=5.0, gt=0, le=MAX_INTERVAL_SECONDS)
+    deadline_seconds: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=MAX_REQUEST_SECONDS)
 
     @field_validator("prometheus_url")
     @classmethod
@@ -146,7 +142,7 @@ class SmokeCheck(_Model):
     json_field: str | None = Field(
         default=None, description="dotted path that must be in the JSON answer, not null: 'data.items.0.id'"
     )
-    timeout_seconds: float = Field(default=5.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=MAX_REQUEST_SECONDS)
 
     @field_validator("url")
     @classmethod

@@ -80,6 +80,27 @@ def test_the_shipped_example_is_valid() -> None:
             {"url": "https://shop.example.com/version", "json_field": "build..sha"},
             "version_probe.json_field: must be a dotted path",
         ),
+        (("github", "base_url"), "file:///etc/passwd", "github.base_url: must start with http:// or https://"),
+        (("slack", "base_url"), "slack.com/api/", "slack.base_url: must start with http:// or https://"),
+        (("registries",), [{"host": "https://ghcr.io"}], "registries.0.host: must be a registry host such as"),
+        (
+            ("services", "shop", "environments", "production", "deploy"),
+            {"type": "webhook", "url": "http:///deploy"},
+            "production.deploy.webhook.url: must name a host",
+        ),
+        (("github", "token"), {"env": ""}, "github.token.env: is empty: give the name of an environment variable"),
+        (("github", "token"), {"env": "github token"}, "github.token.env: must be the name of an environment variable"),
+        (
+            ("services", "shop", "environments", "production", "health", "deadline_seconds"),
+            float("inf"),
+            "health.deadline_seconds: Input should be a finite number",
+        ),
+        (("github", "timeout_seconds"), float("nan"), "github.timeout_seconds: Input should be a finite number"),
+        (
+            ("services", "shop", "environments", "production", "health", "deadline_seconds"),
+            30 * 24 * 3600,
+            "health.deadline_seconds: Input should be less than or equal to 14400",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(path: tuple[str, ...], value: Any, expected: str) -> None:
@@ -144,3 +165,75 @@ def test_secret_from_a_prefect_secret_block() -> None:
     missing = parse_config({**data, "slack": {"token": "prefect-secret:no-such-block"}})
     with pytest.raises(SecretError, match="Prefect Secret block 'no-such-block' cannot be loaded"):
         missing.slack.token.reveal()  # type: ignore[union-attr]
+
+
+def _check_config(data: dict[str, Any] | str, tmp_path: Path) -> tuple[Path, Any]:
+    """The file written (YAML text as given, or dumped), and `runbook check-config` run on it."""
+    file = tmp_path / "runbook.yaml"
+    file.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return file, CliRunner().invoke(app, ["check-config", "--config", str(file)])
+
+
+@pytest.mark.parametrize(
+    ("section", "ref", "key"),
+    [
+        ("github", {"env": "ghp_PLANTEDa1b2c3d4e5f6a7b8c9d0e1f2a3b4c5"}, "github.token.env"),
+        ("github", "env:github_pat_11PLANTED0123456789", "github.token.env"),
+        ("github", {"env": "AKIAIOSFODNN7PLANTED"}, "github.token.env"),  # also a valid variable name
+        ("slack", {"prefect_secret": "xoxb-1234-5678-PLANTED"}, "slack.token.prefect_secret"),
+        ("slack", {"prefect_secret": "3f2a1bc9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3planted"}, "slack.token.prefect_secret"),
+        ("slack", {"env": "Zx8Kq2Lm9Pv4Rt6Yw1PLANTED"}, "slack.token.env"),  # random-looking
+    ],
+    ids=["ghp", "short-form-github-pat", "aws-key", "xoxb-block", "hex-block", "random"],
+)
+def test_a_pasted_credential_is_refused_without_being_repeated(
+    tmp_path: Path, section: str, ref: Any, key: str
+) -> None:
+    data = _minimal()
+    data[section] = {"token": ref}
+    file, result = _check_config(data, tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(file)
+    expected = f"{key}: looks like a credential, not the name of "
+    assert expected in str(caught.value) and result.exit_code == 2 and expected in result.output
+    assert "PLANTED" not in str(caught.value).upper() and "PLANTED" not in result.output.upper()
+
+
+def test_yaml_aliases_are_refused_naming_the_line(tmp_path: Path) -> None:
+    data = _minimal()
+    smoke = {"url": "https://shop.example.com/cart", "method": "POST", "body": {"laughs": 0}}
+    data["services"]["shop"]["environments"]["production"]["smoke"] = [smoke]
+    # The start of an alias bomb (each level nine times the one before) in a free-form field.
+    bomb = "{a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]}"
+    text = yaml.safe_dump(data).replace("laughs: 0", f"laughs: {bomb}")
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "laughs" in row)
+    file, result = _check_config(text, tmp_path)
+    expected = f"line {line}, column "
+    with pytest.raises(ConfigError, match=f"{expected}.*anchors and aliases .* are not allowed"):
+        load_config(file)
+    assert result.exit_code == 2 and expected in result.output and "&a" not in result.output
+
+
+def test_a_yaml_error_does_not_quote_the_file(tmp_path: Path) -> None:
+    _, result = _check_config("github:\n  token: {env: ghp_PLANTED_0123456789\nservices: {}\n", tmp_path)
+    assert result.exit_code == 2 and "is not valid YAML: line 3, column" in result.output
+    assert "PLANTED" not in result.output
+
+
+def test_a_short_alert_token_is_refused_where_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbook.alerts import PrefectLauncher, create_app
+
+    data = _minimal()
+    data["alerts"] = {"token": {"env": "RUNBOOK_TEST_ALERT_TOKEN"}}
+    monkeypatch.setenv("RUNBOOK_TEST_ALERT_TOKEN", "Sh0rt-t0ken")
+    file, result = _check_config(data, tmp_path)
+    assert result.exit_code == 2
+    assert "alerts.token: the token in environment variable RUNBOOK_TEST_ALERT_TOKEN is shorter than 16" in (
+        result.output
+    )
+    assert "Sh0rt-t0ken" not in result.output
+    with pytest.raises(ConfigError, match="shorter than 16 characters") as caught:
+        create_app(load_config(file), PrefectLauncher("rollback/rollback"))  # what `runbook serve` starts
+    assert "Sh0rt-t0ken" not in str(caught.value)
+    monkeypatch.setenv("RUNBOOK_TEST_ALERT_TOKEN", "a-long-enough-random-token-0123")
+    assert _check_config(data, tmp_path)[1].exit_code == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from runbook.config import using_config
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 
@@ -37,14 +38,14 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         from flows.rollback import RollbackSummary, rollback
 
         started = time.perf_counter()
-        state = rollback(
-            service=SERVICE,
-            environment=ENVIRONMENT,
-            reason="5xx spike after the deploy of 'New payment provider'",
-            incident="INC-42",
-            config_path=str(sandbox.config_path),
-            return_state=True,
-        )
+        with using_config(sandbox.config_path):  # the flow reads $RUNBOOK_CONFIG, as under `runbook serve`
+            state = rollback(
+                service=SERVICE,
+                environment=ENVIRONMENT,
+                reason="5xx spike after the deploy of 'New payment provider'",
+                incident="INC-42",
+                return_state=True,
+            )
         wall = time.perf_counter() - started
         flow_run_id = state.state_details.flow_run_id
         summary = state.result(raise_on_failure=False)

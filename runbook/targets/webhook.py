@@ -1,8 +1,14 @@
 """Deploy by a signed POST to the team's deploy API; optionally follow a status URL until it is done.
 
-The POST body is compact JSON with sorted keys, and the exact bytes sent are the bytes signed:
-`<signature_header>: sha256=<hex HMAC-SHA256(secret, body)>` (GitHub's webhook convention), so the
-receiver checks the signature over the raw body before parsing it. Every attempt of one deploy carries the
+The POST body is compact JSON with sorted keys, and the exact bytes sent are the bytes signed, with an id and a
+timestamp, as Standard Webhooks (https://www.standardwebhooks.com) says: `webhook-id: <rollback id>`,
+`webhook-timestamp: <unix seconds of this attempt>`, `webhook-signature: v1,<base64 HMAC-SHA256(key,
+"{id}.{timestamp}.{body}")>`, where the key is the bytes base64-encoded after `whsec_` for a secret written that
+way, else the secret's UTF-8 bytes. A receiver refuses a timestamp over 5 minutes off and a request it already
+accepted (same id and timestamp), so a captured request cannot be replayed (docs/webhook.md); each attempt is
+signed afresh. For the receivers written before, the body alone is also signed in `<signature_header>:
+sha256=<hex HMAC-SHA256(secret's UTF-8 bytes, body)>` (GitHub's convention; replayable; `signature_header:
+null` drops it). Every attempt of one deploy carries the
 same `Idempotency-Key: <rollback id>` (also in the body as `rollback_id`; the same on a Retry of the flow run
 and when a later run resumes an unfinished rollback), so a POST sent again cannot deploy twice on an API that
 honours it. The body carries the verified `digest` and the `image` pinned by it: deploy that, never the tag.
@@ -15,6 +21,8 @@ started, and the error says so with the idempotency key. No secret or signature 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -37,14 +45,32 @@ log = logging.getLogger(__name__)
 SUCCEEDED = frozenset({"succeeded", "success", "done"})
 FAILED = frozenset({"failed", "failure", "error"})
 
+WHSEC_PREFIX = "whsec_"
+
 _EXCERPT = 200
 # Errors raised before a single byte of the request could reach the API: safe to retry.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value for `body`: `sha256=<hex HMAC-SHA256>`."""
+    """The legacy signature header value for `body`: `sha256=<hex HMAC-SHA256>` (no id, no timestamp)."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: `whsec_<base64>` (Standard Webhooks) is the decoded bytes, any other its UTF-8."""
+    if not secret.startswith(WHSEC_PREFIX):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret.removeprefix(WHSEC_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError("a secret starting with whsec_ must be base64 after it (Standard Webhooks)") from None
+
+
+def standard_signature(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`."""
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 def request_body(request: DeployRequest) -> bytes:
@@ -111,7 +137,7 @@ class WebhookDeployTarget:
         """HEAD the URL (GET when HEAD is not allowed) and check the signing secret can be read; never POST."""
         checked = []
         if self._settings.secret is not None:
-            self._settings.secret.reveal()  # SecretError names where it was looked for
+            self._secret()  # SecretError names where it was looked for
             checked.append(f"the signing secret in {self._settings.secret.describe()} is set")
         with self._client() as client:
             method = "HEAD"
@@ -136,15 +162,16 @@ class WebhookDeployTarget:
     def deploy(self, request: DeployRequest) -> DeployResult:
         body = request_body(request)
         key = request.rollback_id
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "Idempotency-Key": key}
-        redact: list[str] = []  # never echoed into a message, even if the API sends them back
-        if self._settings.secret is not None:
-            secret = self._settings.secret.reveal().get_secret_value()
-            signature = sign(secret.encode(), body)
-            headers[self._settings.signature_header] = signature
-            redact += [secret, signature.removeprefix("sha256=")]
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Idempotency-Key": key,
+            "webhook-id": key,
+        }
+        secret = self._secret()
+        redact = [secret] if secret else []  # never echoed into a message, even if the API sends them back
         with self._client() as client:
-            response = self._post(client, body, headers, key, redact)
+            response = self._post(client, body, headers, key, secret, redact)
             answer = _json_object(response)
             deploy_id = answer.get("id")
             detail = f"{self._url} accepted the deploy of {request.sha[:12]}" + (
@@ -183,15 +210,52 @@ class WebhookDeployTarget:
                 hint="check deploy.url (host and port), the network and proxies",
             ) from None
 
+    def _secret(self) -> str | None:
+        """The signing secret, read now (a SecretError names where), or None when none is configured."""
+        if self._settings.secret is None:
+            return None
+        secret = self._settings.secret.reveal().get_secret_value()
+        try:
+            signing_key(secret)
+        except ValueError as exc:
+            raise DeployError(
+                f"the signing secret in {self._settings.secret.describe()} cannot be used: {exc}",
+                hint="write the secret the deploy API gave (whsec_ then base64), or a plain random string",
+                changed=False,
+            ) from None
+        return secret
+
+    def _signed(self, secret: str | None, webhook_id: str, body: bytes, redact: list[str]) -> dict[str, str]:
+        """One attempt's timestamp and, with a secret, its signatures (kept in `redact`)."""
+        timestamp = int(time.time())  # per attempt: a receiver refuses a stale one
+        headers = {"webhook-timestamp": str(timestamp)}
+        if secret is None:
+            return headers
+        signature = standard_signature(signing_key(secret), webhook_id, timestamp, body)
+        headers["webhook-signature"] = signature
+        redact.append(signature.removeprefix("v1,"))
+        if self._settings.signature_header:
+            legacy = sign(secret.encode(), body)
+            headers[self._settings.signature_header] = legacy
+            redact.append(legacy.removeprefix("sha256="))
+        return headers
+
     def _post(
-        self, client: httpx.Client, body: bytes, headers: dict[str, str], key: str, redact: list[str]
+        self,
+        client: httpx.Client,
+        body: bytes,
+        headers: dict[str, str],
+        key: str,
+        secret: str | None,
+        redact: list[str],
     ) -> httpx.Response:
         attempts = self._settings.max_attempts
         attempt = 0
         while True:
             attempt += 1
+            signed = headers | self._signed(secret, key, body, redact)
             try:
-                response = client.post(self._settings.url, content=body, headers=headers)
+                response = client.post(self._settings.url, content=body, headers=signed)
             except _NOT_SENT as exc:
                 if attempt >= attempts:
                     raise DeployError(
@@ -238,8 +302,8 @@ class WebhookDeployTarget:
             secret = self._settings.secret
             where = secret.describe() if secret is not None else None
             hint = (
-                f"check that the secret in {where} is the key the deploy API verifies "
-                f"{self._settings.signature_header} with"
+                f"check that the secret in {where} is the key the deploy API verifies webhook-signature with, "
+                "and that this machine's clock is right (a receiver refuses a timestamp 5 minutes off)"
                 if where
                 else "the deploy API wants a signature: configure deploy.secret (a {env: ...} reference)"
             )

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import copy
 import json
+import logging
 import socket
 import threading
 import time
@@ -365,18 +366,29 @@ def test_empty_token_or_no_alerts_section_is_a_config_error(launcher: RecordingL
         create_app(without_alerts, launcher, token=TOKEN)
 
 
-def test_oversized_body_is_413_before_parsing(app: FastAPI, launcher: RecordingLauncher) -> None:
+def test_body_limit_is_16_mib_by_default_bounded_and_configurable() -> None:
+    assert CONFIG.alerts is not None and CONFIG.alerts.max_body_bytes == 16 * 1024 * 1024
+    assert make_config(max_body_bytes=65536).alerts.max_body_bytes == 65536  # type: ignore[union-attr]
+    for wrong in (1024, 512 * 1024 * 1024):
+        with pytest.raises(ConfigError, match="max_body_bytes"):
+            make_config(max_body_bytes=wrong)
+
+
+def test_oversized_body_is_413_before_parsing(launcher: RecordingLauncher) -> None:
+    app = create_app(make_config(max_body_bytes=65536), launcher, token=TOKEN)
     body = load_fixture("alerts", "alertmanager-firing")
-    body["commonAnnotations"]["description"] = "x" * CONFIG.alerts.max_body_bytes  # type: ignore[union-attr]
+    body["commonAnnotations"]["description"] = "x" * 65536
 
     response = post(app, "/alerts/alertmanager", body)
 
     assert response.status_code == 413
-    assert "over the limit of 262144 bytes" in response.json()["error"]
+    assert "over the limit of 65536 bytes" in response.json()["error"]
     assert launcher.count == 0
 
 
-def test_oversized_chunked_body_without_length_is_413(app: FastAPI, launcher: RecordingLauncher) -> None:
+def test_oversized_chunked_body_without_length_is_413(launcher: RecordingLauncher) -> None:
+    app = create_app(make_config(max_body_bytes=65536), launcher, token=TOKEN)
+
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"alerts": ['
         for _ in range(100):
@@ -555,6 +567,30 @@ def test_token_and_header_never_logged(app: FastAPI, caplog: pytest.LogCaptureFi
     assert TOKEN not in caplog.text and "Bearer" not in caplog.text
 
 
+def test_alerts_that_start_nothing_are_logged_once_per_group_at_warning(
+    launcher: RecordingLauncher, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The rules label the environment `env`; the configuration expects `environment`: nothing can run.
+    app = create_app(make_config(environment_label="environment"), launcher, token=TOKEN)
+    body = load_fixture("alerts", "alertmanager-firing")
+    body["alerts"].append({**body["alerts"][0], "labels": {**body["alerts"][0]["labels"], "service": "nope"}})
+    caplog.set_level("INFO", logger="runbook.alerts")
+
+    answer = post(app, "/alerts/alertmanager", body).json()["alerts"]
+    post(app, "/alerts/alertmanager", load_fixture("alerts", "alertmanager-resolved"))
+
+    assert [a["decision"] for a in answer] == ["ignored"] * 3 and launcher.count == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "alertmanager webhook, alert group "
+        '{}/{env="production"}:{alertname="HighErrorRate", service="checkout"}: 3 of 3 alert(s) started nothing: '
+        "unknown environment: the alert has no 'environment' label and alerts.default_environment is not set "
+        "(2 alert(s)); unknown service 'nope' (known: checkout, shop) (1 alert(s))"
+    ]
+    # Resolved alerts are expected to start nothing: said, but not as a warning.
+    assert any("2 of 2 alert(s) started nothing: resolved" in r.getMessage() for r in caplog.records)
+
+
 # --- the real chain: Alertmanager -> webhook -> app served by uvicorn ---------------------------------------
 
 
@@ -565,6 +601,15 @@ class Seen:
     status: int
     body: dict[str, Any] = field(default_factory=dict)
     answer: dict[str, Any] = field(default_factory=dict)
+    size: int = 0  # of the request body, in bytes
+
+
+def _json_or_empty(data: bytes | bytearray) -> dict[str, Any]:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:  # a body cut short (a stalled sender)
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class Served:
@@ -611,8 +656,9 @@ class Served:
                     time.monotonic(),
                     scope["path"],
                     status[0],
-                    json.loads(request_body or b"{}"),
-                    json.loads(response_body or b"{}"),
+                    _json_or_empty(request_body),
+                    _json_or_empty(response_body),
+                    len(request_body),
                 )
             )
 
@@ -648,8 +694,14 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, what: str = "
         time.sleep(0.02)
 
 
-def storm(service: str, environment: str, count: int, *, ends_at: str | None = None) -> list[dict[str, Any]]:
-    """`count` alerts of one rule on as many instances of one service, as Prometheus would post them."""
+def storm(
+    service: str, environment: str, count: int, *, ends_at: str | None = None, kubernetes: bool = False
+) -> list[dict[str, Any]]:
+    """`count` alerts of one rule on as many instances of one service, as Prometheus would post them.
+
+    `kubernetes`: with the labels and annotations a Kubernetes setup adds (pod, namespace, cluster, runbook and
+    dashboard links...): about 1.1 KB per alert in Alertmanager's webhook body.
+    """
     alerts = []
     for index in range(count):
         alert: dict[str, Any] = {
@@ -658,11 +710,27 @@ def storm(service: str, environment: str, count: int, *, ends_at: str | None = N
                 "service": service,
                 "env": environment,
                 "severity": "critical",
-                "instance": f"10.1.4.{index}:8080",
+                "instance": f"10.1.{index // 250}.{index % 250}:8080",
             },
             "annotations": {"summary": f"{service} 5xx ratio above 5%"},
             "generatorURL": "http://127.0.0.1:9090/graph?g0.expr=errors",
         }
+        if kubernetes:
+            pod = f"{service}-7d9f8b6c4-{index:05x}"
+            alert["labels"].update(
+                team="payments", cluster="prod-eu-west-1", region="eu-west-1", namespace=f"{service}-prod",
+                pod=pod, container="app", job="kubernetes-pods", prometheus="monitoring/k8s",
+            )  # fmt: skip
+            alert["annotations"].update(
+                description=f"5xx responses are 12.3% of requests on {pod} over the last 5 minutes (threshold 5%).",
+                runbook_url=f"https://runbooks.example.com/{service}/high-error-rate",
+                dashboard=f"https://grafana.example.com/d/{service}-overview?var-pod={pod}",
+            )
+            alert["generatorURL"] = (
+                "http://prometheus-k8s-0:9090/graph?g0.expr=sum+by+%28service%2C+env%2C+pod%29+%28rate%28"
+                "http_requests_total%7Bcode%3D~%225..%22%7D%5B5m%5D%29%29+%2F+sum+by+%28service%2C+env%2C+pod"
+                "%29+%28rate%28http_requests_total%5B5m%5D%29%29+%3E+0.05&g0.tab=1"
+            )
         if ends_at:
             alert["endsAt"] = ends_at
         alerts.append(alert)
@@ -679,8 +747,9 @@ def served(app: FastAPI) -> Iterator[Served]:
         yield server
 
 
-def alertmanager_for(served: Served, token: str = TOKEN) -> AlertmanagerServer:
-    return AlertmanagerServer(f"{served.url}/alerts/alertmanager", token=token, group_by=("service", "env"))
+def alertmanager_for(served: Served, token: str = TOKEN, group_wait: str = "0s") -> AlertmanagerServer:
+    url = f"{served.url}/alerts/alertmanager"
+    return AlertmanagerServer(url, token=token, group_by=("service", "env"), group_wait=group_wait)
 
 
 def test_alert_storm_through_alertmanager_starts_one_rollback(
@@ -735,6 +804,27 @@ def test_resolved_alerts_through_alertmanager_start_nothing(served: Served, laun
     assert [a["status"] for a in resolved[0].body["alerts"]] == ["resolved"] * 3
     assert [a["decision"] for a in resolved[0].answer["alerts"]] == ["ignored"] * 3
     assert launcher.count == calls and len(launcher.created) == 1  # the resolved webhook launched nothing
+
+
+def test_a_sender_that_stalls_mid_body_gets_408_and_is_disconnected(launcher: RecordingLauncher) -> None:
+    app = create_app(CONFIG, launcher, token=TOKEN, body_seconds=1)
+    head = (
+        "POST /alerts/alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 5000\r\n\r\n"
+    )
+
+    with Served(app) as served, socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"alerts": [')  # and then nothing more
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(65536):  # until the endpoint closes the connection
+            answer += chunk
+        elapsed = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"the body did not arrive within 1 s" in answer
+    assert 0.9 < elapsed < 3.0, elapsed
+    assert launcher.count == 0
 
 
 # --- PrefectLauncher against a real Prefect API -------------------------------------------------------------
@@ -818,7 +908,7 @@ def test_concurrent_launches_create_one_run_per_target(deployment_id: uuid.UUID)
     assert [launch.created for launch in launches].count(True) == 1
     assert {launch.state for launch in launches} == {"SCHEDULED"}
     flow_run = production[0]
-    assert flow_run.parameters["trigger"] == "alert"
+    assert "trigger" not in flow_run.parameters  # the flow knows an alert's run by its `alert`, not by a claim
     assert flow_run.parameters["reason"] == "HighErrorRate: 5xx above 5%"
     assert flow_run.parameters["incident"] == "http://127.0.0.1:9090/graph?g0.expr=errors"
     assert flow_run.parameters["detected_at"] == "2026-08-20T10:12:30.123000+00:00"
@@ -893,3 +983,50 @@ def test_alertmanager_to_prefect_end_to_end(deployment_id: uuid.UUID) -> None:
     answers = [a for seen in served.requests() for a in seen.answer["alerts"]]
     assert {a["run_id"] for a in answers} == {str(flow_runs[0].id)}
     assert flow_runs[0].parameters["reason"] == f"HighErrorRate: {service} 5xx ratio above 5%"
+
+
+def test_a_group_of_600_alerts_from_alertmanager_starts_one_run(
+    deployment_id: uuid.UUID, record_property: Callable[[str, object], None]
+) -> None:
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    config = make_config()
+    config = config.model_copy(update={"services": {service: config.services["checkout"]}})
+    app = create_app(config, PrefectLauncher(DEPLOYMENT), token=TOKEN)
+
+    # group_wait 1s: the 600 alerts, posted at once, leave Alertmanager as one webhook of the whole group.
+    with Served(app) as served, alertmanager_for(served, group_wait="1s") as alertmanager:
+        alertmanager.post_alerts(storm(service, "production", 600, kubernetes=True))
+        first = wait_for(served.requests, what="the group's webhook")[0]
+        attempts, failed = alertmanager.notifications()
+
+    record_property("alertmanager_600_alert_body_bytes", first.size)
+    print(f"Alertmanager webhook of 600 alerts: {first.size} bytes")
+    assert first.size > 600_000  # what a 256 KiB limit answered 413 to (Alertmanager does not retry a 413)
+    assert (first.status, len(first.body["alerts"])) == (200, 600)
+    assert attempts >= 1 and failed == 0
+    flow_runs = run(runs_of(deployment_id, service=service))
+    assert len(flow_runs) == 1
+    assert {a["run_id"] for a in first.answer["alerts"]} == {str(flow_runs[0].id)}
+
+
+def test_a_service_the_deployment_does_not_offer_is_a_503_saying_to_reload(prefect_server: None) -> None:
+    from deployments.spec import with_choices
+    from flows.rollback import rollback
+
+    # Registered from a configuration without `shop`, as by a `runbook serve` started before it was added.
+    older = make_config().model_copy(update={"services": {"checkout": CONFIG.services["checkout"]}})
+    run(with_choices(rollback.to_deployment(name="alerts-older-config"), older).aapply())
+    app = create_app(CONFIG, PrefectLauncher("rollback/alerts-older-config"), token=TOKEN)
+    body = load_fixture("alerts", "alertmanager-firing")
+    for alert in body["alerts"]:
+        alert["labels"]["service"] = "shop"
+
+    response = post(app, "/alerts/alertmanager", body)
+
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error.startswith(
+        "cannot start the rollback of shop/production: the Prefect deployment 'rollback/alerts-older-config' "
+        "does not accept service='shop' environment='production' ("
+    )
+    assert "registered from an older configuration" in error and "kill -HUP" in error

@@ -102,10 +102,17 @@ def test_planted_secrets_never_leak(
     states = [_run(sandbox, config)]
     sandbox.workflow_fails = True  # and a failed run, whose messages carry error details
     states.append(_run(sandbox, config, sha=sandbox.commits.all[0]))
+    states.append(_run(sandbox, config, sha="deadbee"))  # a SHA refused on its input
+    # Secrets pasted where the variable's name belongs: the configuration is refused without repeating them.
+    data["github"]["token"] = f"env:{sandbox.github_token}"
+    data["slack"]["token"] = {"env": sandbox.slack_token}
+    data["registries"][0]["password"] = {"prefect_secret": registry_password}
+    states.append(_run(sandbox, sandbox.write_config(data, "pasted.yaml")))
     sandbox.slack.set_down(True)
     states.append(_run(sandbox, config, sha=sandbox.commits.all[1]))
 
-    assert [s.type.value for s in states] == ["COMPLETED", "FAILED", "FAILED"]
+    assert [s.type.value for s in states] == ["COMPLETED", "FAILED", "FAILED", "FAILED", "FAILED"]
+    assert "looks like a credential" in str(states[3].message)
     with get_client(sync_client=True) as client:
         texts = [r.getMessage() for r in caplog.records] + [str(s.message) for s in states]
         for s in states:

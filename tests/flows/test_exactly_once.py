@@ -22,6 +22,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import AwaitingRetry, Crashed
 
 from flows.rollback import rollback
+from runbook.config import CONFIG_ENV_VAR, using_config
 from runbook.sandbox.registry import push_image
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tests.flows.test_rollback import postmortem_of
@@ -144,11 +145,8 @@ def test_the_verified_digest_is_deployed_even_if_the_tag_moves(sandbox: Sandbox,
 def _start_and_kill_during_deploy(sandbox: Sandbox) -> str:
     """Run the rollback in its own process; SIGKILL it while its workflow run is in flight; its flow run id."""
     sandbox.github.run_step_seconds = 1.5  # the workflow run takes 3 s: time to die in the middle
-    script = (
-        "from flows.rollback import rollback\n"
-        f"rollback(service={SERVICE!r}, environment={ENVIRONMENT!r}, config_path={str(sandbox.config_path)!r})\n"
-    )
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    script = f"from flows.rollback import rollback\nrollback(service={SERVICE!r}, environment={ENVIRONMENT!r})\n"
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), CONFIG_ENV_VAR: str(sandbox.config_path)}
     child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -160,11 +158,12 @@ def _start_and_kill_during_deploy(sandbox: Sandbox) -> str:
         child.wait()
     runs = sandbox.github.workflow_runs(REPOSITORY)
     assert len(runs) == 1 and runs[0]["status"] != "completed"  # killed mid-deploy
+    flow_run_id = sandbox.github.dispatches()[0].body["inputs"]["rollback_id"]  # the rollback id is the run's id
     with get_client(sync_client=True) as client:
-        flow_run = next(r for r in client.read_flow_runs() if r.state_type == StateType.RUNNING)
+        assert client.read_flow_run(flow_run_id).state_type == StateType.RUNNING  # as the dead process left it
         # What Prefect's zombie detection does to a run whose process stopped sending heartbeats.
-        client.set_flow_run_state(flow_run.id, Crashed(message="process killed"), force=True)
-    return str(flow_run.id)
+        client.set_flow_run_state(flow_run_id, Crashed(message="process killed"), force=True)
+    return str(flow_run_id)
 
 
 def test_a_retry_after_a_crash_mid_deploy_follows_the_run_and_dispatches_nothing(sandbox: Sandbox) -> None:
@@ -176,7 +175,8 @@ def test_a_retry_after_a_crash_mid_deploy_follows_the_run_and_dispatches_nothing
         client.set_flow_run_state(flow_run_id, AwaitingRetry(), force=True)
         flow_run = client.read_flow_run(flow_run_id)
     started = time.monotonic()
-    state = run_flow(rollback, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    with using_config(sandbox.config_path):
+        state = run_flow(rollback, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
 
     assert state.is_completed(), state.message
     assert time.monotonic() - started < 30

@@ -20,7 +20,7 @@ from prefect.flow_engine import run_flow
 
 from flows.rollback import rollback
 from runbook.alerts import PrefectLauncher, create_app, label_fingerprint
-from runbook.config import load_config
+from runbook.config import CONFIG_ENV_VAR, load_config
 from runbook.hold import variable_name
 from runbook.sandbox.alertmanager import AlertmanagerServer
 from runbook.sandbox.registry import delete_tag
@@ -87,11 +87,12 @@ def _forget_last_rollback() -> None:
 
 
 @pytest.fixture
-def alerting(sandbox: Sandbox, deployment_id: uuid.UUID) -> Alerting:
+def alerting(sandbox: Sandbox, deployment_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch) -> Alerting:
     data = sandbox.config_data()
     data["alerts"] = {"token": {"env": "RUNBOOK_TEST_ALERT_TOKEN"}}
     path = sandbox.write_config(data, "alerting.yaml")
-    launcher = PrefectLauncher("rollback/hold-test", config_path=str(path))
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))  # what the runs executed here read, as under `runbook serve`
+    launcher = PrefectLauncher("rollback/hold-test")
     _forget_last_rollback()
     return Alerting(sandbox, create_app(load_config(path), launcher, token=TOKEN), deployment_id)
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from flows.rehearsal import rehearsal
+from runbook.config import CONFIG_ENV_VAR, using_config
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tests.support.prefect_events import wait_for_events
@@ -15,14 +16,15 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 @pytest.fixture
-def sandbox(sandbox: Sandbox) -> Sandbox:
+def sandbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     sandbox.app.broken.clear()  # rehearsals run on a healthy service
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(sandbox.config_path))  # what the flows of this process read
     return sandbox
 
 
 def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:
     since = datetime.now(UTC).isoformat()
-    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, config_path=str(sandbox.config_path))
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT)
     assert report.ready, report.summary()
     assert [name for name, _, _ in report.checks] == [
         "last known good",
@@ -42,7 +44,7 @@ def test_preflight_not_ready_says_why_and_tells_slack(sandbox: Sandbox) -> None:
     delete_tag(sandbox.registry.base_url, "acme/shop", sandbox.commits.last_known_good)
     sandbox.app.broken.add(sandbox.commits.broken)
 
-    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, config_path=str(sandbox.config_path))
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT)
 
     assert not report.ready
     failed = {name: detail for name, ok, detail in report.checks if not ok}
@@ -54,9 +56,7 @@ def test_preflight_not_ready_says_why_and_tells_slack(sandbox: Sandbox) -> None:
 
 
 def test_drill_refuses_an_environment_not_marked_staging(sandbox: Sandbox) -> None:
-    report = rehearsal(
-        service=SERVICE, environment=ENVIRONMENT, mode="drill", notify="never", config_path=str(sandbox.config_path)
-    )
+    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, mode="drill", notify="never")
     assert not report.ready and report.checks[0][0] == "staging"
     assert sandbox.github.dispatches() == []
 
@@ -64,7 +64,8 @@ def test_drill_refuses_an_environment_not_marked_staging(sandbox: Sandbox) -> No
 def test_drill_rolls_back_and_forward_in_staging(sandbox: Sandbox) -> None:
     config = sandbox.write_config(sandbox.config_data(staging=True), "staging.yaml")
 
-    report = rehearsal(service=SERVICE, environment=ENVIRONMENT, mode="drill", config_path=str(config))
+    with using_config(config):
+        report = rehearsal(service=SERVICE, environment=ENVIRONMENT, mode="drill")
 
     assert report.ready, report.summary()
     assert set(report.timings) == {"roll back (to healthy)", "roll forward (to healthy)"}

@@ -11,6 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.rollback import rollback
+from runbook.config import using_config
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tests.support.rollback import run_rollback as run
@@ -109,7 +110,7 @@ def test_missing_image_stops_before_any_change(sandbox: Sandbox) -> None:
         ("running", "already the version running"),
     ],
 )
-def test_unusable_sha_changes_nothing(sandbox: Sandbox, given: str, expected: str) -> None:
+def test_unusable_sha_changes_and_posts_nothing(sandbox: Sandbox, given: str, expected: str) -> None:
     config = None
     if given == "on-branch-feature":
         given = sandbox.github.add_commit(REPOSITORY, "Experiment", branch="feature")
@@ -122,11 +123,14 @@ def test_unusable_sha_changes_nothing(sandbox: Sandbox, given: str, expected: st
 
     state = run(sandbox, config=config, sha=given)
 
-    assert state.is_failed()
-    assert expected in str(state.message) or expected in postmortem_of(state)
+    assert state.is_failed() and expected in str(state.message)
     assert sandbox.github.dispatches() == [] and sandbox.app.version == sandbox.commits.broken
-    failure = one_thread(sandbox)[-1]
-    assert "resolve-sha" in failure.text and expected in failure.text
+    # Refused on its input: checked before any post, so the team is not called for a typo.
+    assert sandbox.slack.messages == []
+    markdown = postmortem_of(state)
+    assert "FAILED at step `resolve-sha`" in markdown and expected in markdown
+    if given == "not-a-sha!":  # the format needs no I/O: checked before GitHub (and the slot, and Slack)
+        assert sandbox.github.requests == []
 
 
 def test_health_never_passes_escalates(sandbox: Sandbox) -> None:
@@ -194,9 +198,10 @@ def test_retried_run_deploys_once_and_keeps_one_thread(sandbox: Sandbox) -> None
     # A person answers the escalation by fixing the service: the next attempt finds it healthy.
     sandbox.slack.on_message = lambda message: "health-check" in message.text and sandbox.app.broken.discard(good)
 
-    state = rollback.with_options(retries=1, retry_delay_seconds=0)(
-        service=SERVICE, environment=ENVIRONMENT, config_path=str(config), return_state=True
-    )
+    with using_config(config):
+        state = rollback.with_options(retries=1, retry_delay_seconds=0)(
+            service=SERVICE, environment=ENVIRONMENT, return_state=True
+        )
 
     assert state.is_completed(), state.message
     assert len(sandbox.github.dispatches()) == 1
@@ -218,20 +223,24 @@ def test_failed_workflow_run_fails_the_deploy_with_its_link(sandbox: Sandbox) ->
     assert "FAILED at step `deploy`" in postmortem_of(state)
 
 
-def test_github_unreachable_fails_before_any_change(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("given_sha", [False, True])
+def test_github_unreachable_fails_before_any_change(sandbox: Sandbox, given_sha: bool) -> None:
     sandbox.github.set_down(True)
 
-    state = run(sandbox)
+    state = run(sandbox, sha=sandbox.commits.all[0] if given_sha else None)
 
     assert state.is_failed()
     assert "GitHub" in str(state.message) and "HTTP 503" in str(state.message)
     assert sandbox.app.version == sandbox.commits.broken
     assert [r for r in sandbox.github.mutating_requests() if r.status < 500] == []
-    assert "resolve-sha" in one_thread(sandbox)[-1].text
+    # Not a refusal of the SHA: the team is told (the incident, then the failure), even for a given SHA.
+    root, failure = one_thread(sandbox)
+    assert "Incident en production détecté" in root.text and "resolve-sha" in failure.text
 
 
 def test_unknown_service_is_refused_before_anything(sandbox: Sandbox) -> None:
-    state = rollback(service="cart", environment=ENVIRONMENT, config_path=str(sandbox.config_path), return_state=True)
+    with using_config(sandbox.config_path):
+        state = rollback(service="cart", environment=ENVIRONMENT, return_state=True)
 
     assert state.is_failed() and "unknown service 'cart'" in str(state.message)
     assert sandbox.github.requests == [] and sandbox.slack.messages == []

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.rollback import rollback
 from runbook.sandbox.dockerd import DockerEngine, build_service_image
 from runbook.sandbox.registry import delete_tag
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from tests.support.rollback import run_rollback
 
 SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."
 
@@ -120,13 +120,7 @@ def sandbox(tmp_path: Path, engine: DockerEngine) -> Iterator[DockerSandbox]:
 
 
 def run(sandbox: DockerSandbox, **parameters: Any) -> Any:
-    return rollback(
-        service=SERVICE,
-        environment=ENVIRONMENT,
-        config_path=str(sandbox.config_path),
-        return_state=True,
-        **parameters,
-    )
+    return run_rollback(sandbox, **parameters)
 
 
 def test_rolls_the_container_back_to_the_last_known_good_image(sandbox: DockerSandbox, output_dir: Path) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from flows.rollback import rollback
+from runbook.config import using_config
 from runbook.sandbox.metrics_app import MetricsApp
 from runbook.sandbox.prometheus import PrometheusServer
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
@@ -58,7 +59,8 @@ def test_metric_and_smoke_checks_confirm_the_recovery(
     sandbox: Sandbox, metrics: tuple[MetricsApp, PrometheusServer]
 ) -> None:
     metrics[0].failing = False
-    state = rollback(service=SERVICE, environment=ENVIRONMENT, config_path=_config(sandbox, metrics), return_state=True)
+    with using_config(_config(sandbox, metrics)):
+        state = rollback(service=SERVICE, environment=ENVIRONMENT, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
     assert {"metric-check", "smoke-checks"} <= set(summary.step_seconds)
@@ -72,9 +74,8 @@ def test_a_high_error_rate_fails_the_rollback_naming_query_values_and_threshold(
 ) -> None:
     metrics[0].failing = True
     try:
-        state = rollback(
-            service=SERVICE, environment=ENVIRONMENT, config_path=_config(sandbox, metrics), return_state=True
-        )
+        with using_config(_config(sandbox, metrics)):
+            state = rollback(service=SERVICE, environment=ENVIRONMENT, return_state=True)
     finally:
         metrics[0].failing = False
     assert state.is_failed()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -14,9 +14,16 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
 from flows.rollback import rollback
+from runbook.config import CONFIG_ENV_VAR
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture(autouse=True)
+def _configured(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's configuration as $RUNBOOK_CONFIG: what the flows of this process read."""
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(sandbox.config_path))
 
 
 def _in_thread(**parameters: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -30,7 +37,7 @@ def _in_thread(**parameters: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return thread, out
 
 
-def _paused_run(config_path: str, timeout: float = 30) -> UUID:
+def _paused_run(reason: str, timeout: float = 30) -> UUID:
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
@@ -40,20 +47,19 @@ def _paused_run(config_path: str, timeout: float = 30) -> UUID:
                 )
             )
             for run in runs:
-                if run.parameters.get("config_path") == config_path:
+                if run.parameters.get("reason") == reason:
                     return run.id
             time.sleep(0.2)
     raise AssertionError("the run never paused for approval")
 
 
 def test_two_concurrent_rollbacks_of_one_service_deploy_once(sandbox: Sandbox) -> None:
-    config = str(sandbox.config_path)
     sandbox.github.run_step_seconds = 2.0  # the first rollback's deploy takes a while
-    first = _in_thread(config_path=config, reason="alert 1")
+    first = _in_thread(reason="alert 1")
     deadline = time.monotonic() + 60
     while not sandbox.slack.messages and time.monotonic() < deadline:
         time.sleep(0.05)  # the first run holds the slot once it has posted the incident
-    second = _in_thread(config_path=config, reason="alert 2")
+    second = _in_thread(reason="alert 2")
     threads = [first, second]
     for thread, _ in threads:
         thread.join(timeout=120)
@@ -66,16 +72,14 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(sandbox: Sandbox) -
     assert len([m for m in sandbox.slack.messages if m.thread_ts is None]) == 1
     # The slot is free again: a later rollback is not refused.
     sandbox.github.run_step_seconds = 0.05
-    later = rollback(
-        service=SERVICE, environment=ENVIRONMENT, config_path=config, sha=sandbox.commits.all[0], return_state=True
-    )
+    later = rollback(service=SERVICE, environment=ENVIRONMENT, sha=sandbox.commits.all[0], return_state=True)
     assert later.is_completed(), later.message
 
 
 def test_rejected_approval_deploys_nothing(sandbox: Sandbox) -> None:
-    config = str(sandbox.config_path)
-    thread, out = _in_thread(config_path=config, require_approval=True, approval_timeout_seconds=60)
-    run_id = _paused_run(config)
+    reason = f"approval {uuid4()}"
+    thread, out = _in_thread(reason=reason, require_approval=True, approval_timeout_seconds=60)
+    run_id = _paused_run(reason)
     assert sandbox.github.dispatches() == []
     resume_flow_run(run_id, run_input={"approve": False, "approver": "alice", "comment": "not this one"})
     thread.join(timeout=60)
@@ -86,9 +90,9 @@ def test_rejected_approval_deploys_nothing(sandbox: Sandbox) -> None:
 
 
 def test_approved_rollback_deploys_and_records_who(sandbox: Sandbox) -> None:
-    config = str(sandbox.config_path)
-    thread, out = _in_thread(config_path=config, require_approval=True, approval_timeout_seconds=60)
-    run_id = _paused_run(config)
+    reason = f"approval {uuid4()}"
+    thread, out = _in_thread(reason=reason, require_approval=True, approval_timeout_seconds=60)
+    run_id = _paused_run(reason)
     resume_flow_run(run_id, run_input={"approve": True, "approver": "bob", "comment": "go"})
     thread.join(timeout=60)
     state = out["state"]
@@ -101,7 +105,6 @@ def test_approval_timeout_deploys_nothing(sandbox: Sandbox) -> None:
     state = rollback(
         service=SERVICE,
         environment=ENVIRONMENT,
-        config_path=str(sandbox.config_path),
         require_approval=True,
         approval_timeout_seconds=2,
         return_state=True,

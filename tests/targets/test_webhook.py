@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -10,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +21,8 @@ import pytest
 from runbook.config import SecretRef, WebhookTarget
 from runbook.errors import DeployError, SecretError
 from runbook.targets.base import DeployRequest, DeployTarget
-from runbook.targets.webhook import WebhookDeployTarget, request_body
+from runbook.targets.webhook import WebhookDeployTarget, request_body, standard_signature
+from tests.support.webhook_receiver import TOLERANCE_SECONDS, Refused, WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,20 +56,21 @@ class Received:
 class DeployApi:
     """A deploy API on 127.0.0.1: verifies the signature of every POST, then answers from a script.
 
-    POST /deploy: 401 on a missing or wrong signature (echoing what it got, as careless APIs do), else the
-    next scripted answer, else 202 {"id": "d-1", "status": "queued"}. GET /status/<id>: the next of
+    POST /deploy: verified by the example receiver (tests/support/webhook_receiver.py): 401 on a missing or wrong
+    signature, a stale timestamp or a replayed webhook-id (echoing the signature it got, as careless APIs do),
+    else the next scripted answer, else 202 {"id": "d-1", "status": "queued"}. GET /status/<id>: the next of
     `statuses` (the last one repeats). HEAD/GET /deploy: 200, or 405 to HEAD when `head_allowed` is False.
     """
 
     def __init__(self, secret: str | None = SECRET) -> None:
-        self.secret = secret
+        self.receiver = WebhookReceiver(secret) if secret is not None else None
+        self.refusals: list[str] = []
         self.script: list[Answer] = []
         self.statuses: list[dict[str, Any]] = [{"status": "succeeded"}]
         self.head_allowed = True
         self.post_delay = 0.0
         self.version: tuple[int, dict[str, Any]] = (200, {"service": "shop", "running": {"sha": SHA}})
         self.received: list[Received] = []
-        self.bad_signatures = 0
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -124,19 +127,22 @@ class DeployApi:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 self._record(body)
-                if api.secret is not None:
-                    expected = "sha256=" + hmac.new(api.secret.encode(), body, hashlib.sha256).hexdigest()
-                    got = self.headers.get(HEADER, "")
-                    if not hmac.compare_digest(expected.encode(), got.encode()):
+                if api.receiver is not None:
+                    try:
+                        api.receiver.verify(dict(self.headers.items()), body)
+                    except Refused as refused:
                         with api._lock:
-                            api.bad_signatures += 1
-                        self._answer(401, {"error": "bad signature", "received": got})
+                            api.refusals.append(str(refused))
+                        got = self.headers.get("webhook-signature", "")
+                        self._answer(401, {"error": str(refused), "received": got})
                         return
                 if api.post_delay and api._release.wait(api.post_delay):
                     return  # the test is over
                 with api._lock:
                     answer = api.script.pop(0) if api.script else (202, {}, {"id": "d-1", "status": "queued"})
                 status, headers, payload = answer
+                if api.receiver is not None and (status == 429 or status >= 500):
+                    api.receiver.forget(dict(self.headers.items()))  # not acted on: a retry is welcome
                 self._answer(status, payload, headers)
 
             def do_GET(self) -> None:
@@ -233,7 +239,10 @@ def test_version_url_tells_which_version_runs_or_nothing(api: DeployApi, caplog:
 def test_signed_body_accepted(api: DeployApi) -> None:
     result = target(api.url).deploy(REQUEST)
     [post] = api.requests("POST")
-    assert api.bad_signatures == 0
+    assert api.refusals == []  # the example receiver verified signature, timestamp and id
+    assert post.headers["webhook-id"] == KEY
+    assert abs(int(post.headers["webhook-timestamp"]) - time.time()) < 5
+    assert post.headers["webhook-signature"].startswith("v1,")
     assert post.path == "/deploy"
     assert post.body == request_body(REQUEST)
     assert json.loads(post.body) == {
@@ -257,11 +266,51 @@ def test_signed_body_accepted(api: DeployApi) -> None:
     assert target(api.url).finish(result) is None
 
 
-def test_custom_signature_header(api: DeployApi) -> None:
-    t = target(api.url, signature_header="X-Hub-Signature-256")
-    with pytest.raises(DeployError, match="HTTP 401"):
-        t.deploy(REQUEST)  # the API checks X-Runbook-Signature-256 only
-    assert api.requests("POST")[0].headers["X-Hub-Signature-256"].startswith("sha256=")
+def test_the_legacy_body_signature_header_can_be_renamed_or_dropped(api: DeployApi) -> None:
+    target(api.url, signature_header="X-Hub-Signature-256").deploy(REQUEST)
+    target(api.url, signature_header=None).deploy(replace(REQUEST, rollback_id="second-rollback"))
+    renamed, dropped = api.requests("POST")
+    assert renamed.headers["X-Hub-Signature-256"].startswith("sha256=") and HEADER not in renamed.headers
+    assert not any(k.lower().startswith("x-") for k in dropped.headers) and "webhook-signature" in dropped.headers
+    assert api.refusals == []
+
+
+def test_a_replayed_request_is_refused(api: DeployApi) -> None:
+    target(api.url).deploy(REQUEST)
+    [post] = api.requests("POST")
+    replayed = httpx.post(api.url, content=post.body, headers=post.headers, timeout=5)
+    assert replayed.status_code == 401 and replayed.json()["error"] == "replayed webhook-id"
+    forged = dict(post.headers, **{"webhook-timestamp": str(int(time.time()) + 1)})  # a fresh time, unsigned
+    assert httpx.post(api.url, content=post.body, headers=forged, timeout=5).json()["error"] == "bad signature"
+
+
+def test_the_example_receiver_refuses_a_stale_timestamp_not_a_resend(api: DeployApi) -> None:
+    target(api.url).deploy(REQUEST)
+    [post] = api.requests("POST")
+    sent = int(post.headers["webhook-timestamp"])
+    receiver = WebhookReceiver(SECRET)
+    for now in (sent + TOLERANCE_SECONDS + 1, sent - TOLERANCE_SECONDS - 1):  # replayed later; from the future
+        with pytest.raises(Refused, match="stale timestamp"):
+            receiver.verify(post.headers, post.body, now=now)
+    assert receiver.verify(post.headers, post.body, now=sent + TOLERANCE_SECONDS) == KEY
+    # The same id signed afresh (a rollback resumed after its answer was lost) is no replay: the deploy API's
+    # Idempotency-Key then answers with the deploy it started.
+    later = sent + 60
+    signature = standard_signature(SECRET.encode(), KEY, later, post.body)
+    resent = post.headers | {"webhook-timestamp": str(later), "webhook-signature": signature}
+    assert receiver.verify(resent, post.body, now=later) == KEY
+
+
+def test_a_whsec_secret_is_its_base64_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "whsec_" + base64.b64encode(b"\x00\xff 32 random bytes, not text \xfe\x01").decode()
+    monkeypatch.setenv(ENV, secret)
+    with DeployApi(secret=secret) as api:
+        target(api.url).deploy(REQUEST)
+        assert api.refusals == []
+        monkeypatch.setenv(ENV, "whsec_not*base64")
+        with pytest.raises(DeployError, match="whsec_ must be base64") as info:
+            target(api.url).deploy(REQUEST)
+        assert "not*base64" not in str(info.value) and len(api.requests("POST")) == 1
 
 
 def test_wrong_secret_is_401_and_never_leaks(
@@ -272,11 +321,11 @@ def test_wrong_secret_is_401_and_never_leaks(
     with pytest.raises(DeployError) as info:
         target(api.url).deploy(REQUEST)
     [post] = api.requests("POST")  # a 401 is not retried
-    sent_signature = post.headers[HEADER]
+    sent_signature, legacy = post.headers["webhook-signature"], post.headers[HEADER]
     text = all_text(info.value)
     assert "HTTP 401" in text and "bad signature" in text  # the API's answer, excerpted
     assert f"environment variable {ENV}" in text  # where to look
-    for secret in (WRONG_SECRET, SECRET, sent_signature, sent_signature.removeprefix("sha256=")):
+    for secret in (WRONG_SECRET, SECRET, sent_signature.removeprefix("v1,"), legacy.removeprefix("sha256=")):
         assert secret not in text
         assert secret not in caplog.text
     assert "[redacted]" in text  # the API echoed the signature back; it was cut out
@@ -327,7 +376,7 @@ def test_retry_after_is_honoured_up_to_the_cap(api: DeployApi) -> None:
     api.script = [(429, {"Retry-After": "3600"}, None), (202, {}, {"id": "d-10"})]
     t.max_retry_after = 0.2  # an hour is capped (10 s in production)
     started = time.monotonic()
-    t.deploy(REQUEST)
+    t.deploy(replace(REQUEST, rollback_id="another-rollback"))  # the same id again would be a replay
     assert time.monotonic() - started < 2.0
 
 
@@ -339,7 +388,8 @@ def test_same_idempotency_key_and_signed_bytes_on_every_attempt(api: DeployApi) 
     assert {p.headers["Idempotency-Key"] for p in posts} == {KEY}
     assert {p.body for p in posts} == {request_body(REQUEST)}
     assert len({p.headers[HEADER] for p in posts}) == 1
-    assert api.bad_signatures == 0
+    assert api.refusals == []  # each attempt signed afresh; the same webhook-id accepted after a 5xx
+    assert {p.headers["webhook-id"] for p in posts} == {KEY}
 
 
 def test_5xx_until_attempts_run_out(api: DeployApi) -> None:

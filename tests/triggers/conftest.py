@@ -19,7 +19,7 @@ import pytest
 
 from runbook.processes import stop_process
 from runbook.sandbox.world import Sandbox
-from runbook.serve import local_prefect_server
+from runbook.serve import LocalServer, local_prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERT_TOKEN = "alert-token-for-tests-0123456789"
@@ -40,22 +40,31 @@ def server_env(home: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="package")
-def prefect_api() -> Iterator[str]:
-    """A real `prefect server start` on SQLite, on a free port."""
+def prefect_api() -> Iterator[LocalServer]:
+    """A real `prefect server start` on SQLite, on a free port, wanting the auth string it made in its home."""
     home = tempfile.mkdtemp(prefix="runbook-server-")
-    with local_prefect_server(port=free_port(), env=server_env(home), timeout=90) as api:
-        yield api
+    with local_prefect_server(port=free_port(), env=server_env(home), timeout=90) as server:
+        yield server
 
 
 @dataclass
 class Served:
-    """`runbook serve` running against `api`, with the sandbox it rolls back."""
+    """`runbook serve` running against `server`, with the sandbox it rolls back."""
 
-    api: str
+    server: LocalServer
     sandbox: Sandbox
     alerts_url: str
     process: subprocess.Popen[bytes]
     log: Path
+
+    @property
+    def api(self) -> str:
+        return self.server.api_url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client of the API sends: the server's auth string."""
+        return self.server.headers
 
 
 def _wait(check: Any, timeout: float, what: str) -> None:
@@ -71,15 +80,15 @@ def _wait(check: Any, timeout: float, what: str) -> None:
 
 
 @contextmanager
-def serving(api: str, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -> Iterator[Served]:
-    """`runbook serve` against `api` for the sandbox, until its deployments (and alert endpoint) are up."""
+def serving(server: LocalServer, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -> Iterator[Served]:
+    """`runbook serve` against `server` for the sandbox, until its deployments (and alert endpoint) are up."""
     data = sandbox.config_data()
     if alerts:
         data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
     config = sandbox.write_config(data, "served.yaml")
     port = free_port()
     log = workdir / "serve.log"
-    env = server_env(str(workdir / "prefect-home"), PREFECT_API_URL=api, RUNBOOK_ALERT_TOKEN=ALERT_TOKEN)
+    env = server_env(str(workdir / "prefect-home"), **server.client_env(), RUNBOOK_ALERT_TOKEN=ALERT_TOKEN)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
@@ -90,19 +99,20 @@ def serving(api: str, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -
         try:
             if alerts:
                 _wait(lambda: httpx.get(f"{alerts_url}/healthz", timeout=1).status_code == 200, 90, "the endpoint")
+            deployment = f"{server.api_url}/deployments/name/rollback/rollback"
             _wait(
-                lambda: httpx.get(f"{api}/deployments/name/rollback/rollback", timeout=2).status_code == 200,
+                lambda: httpx.get(deployment, headers=server.headers, timeout=2).status_code == 200,
                 90, "the rollback deployment",
             )  # fmt: skip
         except AssertionError as exc:
             raise AssertionError(f"{exc}; serve log:\n{log.read_text()[-3000:]}") from None
-        yield Served(api, sandbox, alerts_url, process, log)
+        yield Served(server, sandbox, alerts_url, process, log)
     finally:
         stop_process(process, timeout=20)
 
 
 @pytest.fixture(scope="package")
-def served(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(prefect_api: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("served")
     with Sandbox(workdir / "sandbox", run_step_seconds=0.05) as sandbox, serving(prefect_api, sandbox, workdir) as s:
         yield s

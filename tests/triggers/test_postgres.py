@@ -65,7 +65,7 @@ def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -
         PostgresServer() as pg,
         local_prefect_server(
             port=free_port(), env=server_env(str(server_home), **{DATABASE_URL_SETTING: pg.url}), timeout=120
-        ) as api,
+        ) as server,
     ):
         # The server migrated PostgreSQL, and kept no SQLite database on the side.
         assert query(pg.dsn, "select count(*) from flow_run")[0][0] == 0
@@ -73,7 +73,7 @@ def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -
 
         with (
             Sandbox(tmp_path / "sandbox", run_step_seconds=0.05) as sandbox,
-            serving(api, sandbox, tmp_path, alerts=False) as served,
+            serving(server, sandbox, tmp_path, alerts=False) as served,
         ):
             before = len(sandbox.github.dispatches())
             created = time.monotonic()

@@ -9,16 +9,19 @@ from typing import Any
 
 import httpx
 
-from runbook.serve import local_prefect_server
+from runbook.serve import LocalServer, local_prefect_server
 from tests.triggers.conftest import ROOT, Served, free_port, server_env
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
-def api(method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One API call, retried on 503: Prefect's SQLite answers "database is locked" that way (its client retries)."""
+def api(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+    """One API call, retried on 503: Prefect's SQLite answers "database is locked" that way (its client retries).
+
+    `headers`: the server's auth string (`LocalServer.headers`); every server these tests start wants one.
+    """
     for attempt in range(10):
-        response = httpx.request(method, url, timeout=10, **kwargs)
+        response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
         if response.status_code != 503:
             return response
         time.sleep(0.2 * (attempt + 1))
@@ -26,8 +29,9 @@ def api(method: str, url: str, **kwargs: Any) -> httpx.Response:
 
 
 def create_run(served: Served, parameters: dict[str, Any], deployment: str = "rollback/rollback") -> str:
-    dep = api("GET", f"{served.api}/deployments/name/{deployment}").json()
-    answer = api("POST", f"{served.api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+    dep = api("GET", f"{served.api}/deployments/name/{deployment}", served.headers).json()
+    body = {"parameters": parameters}
+    answer = api("POST", f"{served.api}/deployments/{dep['id']}/create_flow_run", served.headers, json=body)
     assert answer.status_code in (200, 201), answer.text
     return str(answer.json()["id"])
 
@@ -35,7 +39,7 @@ def create_run(served: Served, parameters: dict[str, Any], deployment: str = "ro
 def wait_terminal(served: Served, run_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = api("GET", f"{served.api}/flow_runs/{run_id}").json()
+        run = api("GET", f"{served.api}/flow_runs/{run_id}", served.headers).json()
         if run["state"] and run["state"]["type"] in TERMINAL:
             return dict(run)
         time.sleep(0.25)
@@ -72,15 +76,16 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
 
 def test_prefect_deploy_all_with_a_process_work_pool(tmp_path: Any) -> None:
     """`prefect deploy --all` from prefect.yaml works, and the form offers the configured services as choices."""
-    with local_prefect_server(port=free_port(), env=server_env(str(tmp_path / "server")), timeout=90) as api_url:
-        _deploy_all(api_url, tmp_path)
+    with local_prefect_server(port=free_port(), env=server_env(str(tmp_path / "server")), timeout=90) as server:
+        _deploy_all(server, tmp_path)
 
 
-def _deploy_all(api_url: str, tmp_path: Any) -> None:
+def _deploy_all(server: LocalServer, tmp_path: Any) -> None:
     # Its own server: deploying from the example configuration must not change the `served` deployments.
+    api_url = server.api_url
     env = server_env(
         str(tmp_path / "home"),
-        PREFECT_API_URL=api_url,
+        **server.client_env(),
         RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
         RUNBOOK_PROJECT_DIR=str(ROOT),
     )
@@ -98,11 +103,13 @@ def _deploy_all(api_url: str, tmp_path: Any) -> None:
         [*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    dep = api("GET", f"{api_url}/deployments/name/rollback/rollback").json()
+    dep = api("GET", f"{api_url}/deployments/name/rollback/rollback", server.headers).json()
     properties = dep["parameter_openapi_schema"]["properties"]
     assert properties["service"]["enum"] == ["shop"]
     assert properties["environment"]["enum"] == ["production", "staging"]
     assert "last known good" in properties["sha"]["description"]
-    rehearsal = api("GET", f"{api_url}/deployments/name/rehearsal/rehearsal-shop-staging").json()
+    assert not {"config_path", "notify", "trigger"} & set(properties)  # the worker's, the runbook's to decide
+    rehearsal = api("GET", f"{api_url}/deployments/name/rehearsal/rehearsal-shop-staging", server.headers).json()
+    assert "config_path" not in rehearsal["parameter_openapi_schema"]["properties"]
     assert rehearsal["parameters"]["mode"] == "drill" and rehearsal["work_pool_name"] == "runbook"
     assert rehearsal["schedules"][0]["schedule"]["cron"] == "0 9 * * 2"

@@ -103,12 +103,22 @@ def full_page_screenshot(page: Page, path: Path) -> None:
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def wait_for_log(api: str, run_id: str, text: str, timeout: float = 60) -> None:
+def log_in(page: Page, auth_string: str) -> None:
+    """Log in as a person does: the UI of a server with an auth string opens on its login form."""
+    from playwright.sync_api import expect
+
+    page.wait_for_url(re.compile(r"/login"))
+    page.get_by_role("textbox", name="admin:pass").fill(auth_string)
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_role("link", name="Deployments", exact=True)).to_be_visible()
+
+
+def wait_for_log(served: Served, run_id: str, text: str, timeout: float = 60) -> None:
     """Wait until the API holds a log line of the run containing `text`."""
     deadline = time.monotonic() + timeout
     body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_DESC", "limit": 200}
     while time.monotonic() < deadline:
-        logs = httpx.post(f"{api}/logs/filter", json=body, timeout=10)
+        logs = httpx.post(f"{served.api}/logs/filter", json=body, headers=served.headers, timeout=10)
         if logs.status_code == 200 and any(text in log["message"] for log in logs.json()):
             return
         time.sleep(0.25)
@@ -126,7 +136,9 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
     sandbox.app.broken.add(sandbox.commits.broken)
     sandbox.app.deploy(sandbox.commits.broken)
     sandbox.github.add_deployment(REPOSITORY, sandbox.commits.broken, ENVIRONMENT, description="CI deploy")
-    deployment = httpx.get(f"{served.api}/deployments/name/rollback/rollback", timeout=10).json()
+    deployment = httpx.get(
+        f"{served.api}/deployments/name/rollback/rollback", headers=served.headers, timeout=10
+    ).json()
     deployment_id = deployment["id"]
     # The choices the form must offer: the enums of the deployment's schema, built from the configuration.
     schema = deployment["parameter_openapi_schema"]["properties"]
@@ -136,6 +148,7 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
     with browser_context(served.api, blocked) as context:
         page = context.new_page()
         page.goto(ui)
+        log_in(page, served.server.auth_string)  # the API wants the auth string: the UI asks for it
         page.get_by_role("link", name="Deployments", exact=True).click()
         page.get_by_role("link", name="rollback", exact=True).first.click()
         page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment_id}"))
@@ -162,7 +175,7 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
         run = wait_terminal(served, run_id)
         assert run["state"]["type"] == "COMPLETED", (run["state"], served.log.read_text()[-3000:])
         recovered = f"recovered: shop/production runs {target[:7]}"
-        wait_for_log(served.api, run_id, recovered)  # logs reach the API in batches, after the state
+        wait_for_log(served, run_id, recovered)  # logs reach the API in batches, after the state
         # A window tall enough for the whole page: resizing later would make the run graph (a canvas) redraw.
         page.set_viewport_size({"width": 1400, "height": 2400})
         page.reload()  # the page shows what the API holds when it loads

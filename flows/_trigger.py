@@ -1,0 +1,49 @@
+"""Who started a rollback run, as the runbook knows it: never as whoever created the run says.
+
+- `drill`: the rehearsal flow's drill, in its own process, inside `drill()`. A context variable, not a flow
+  parameter: nothing a run's creator sends through the API can reach it. Drills post nothing (the rehearsal
+  reports) and never mark the version rolled back from as bad (they roll back healthy versions).
+- `alert`: the run carries an alert (the alert endpoint sets `alert`). Claiming one only brings in the rules of
+  automatic rollbacks (runbook/hold.py): a held run deploys nothing; a run that deploys is announced.
+- `schedule`: Prefect's scheduler created the run (`auto_scheduled`, which only the server sets).
+- `manual`: anything else (the UI, the API, the shell).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from prefect.context import FlowRunContext
+
+Trigger = Literal["drill", "alert", "schedule", "manual"]
+
+_DRILL: ContextVar[bool] = ContextVar("rollback_drill", default=False)
+
+
+@contextmanager
+def drill() -> Iterator[None]:
+    """Within it, the rollbacks this process runs are rehearsal drills: silent, marking nothing as bad."""
+    token = _DRILL.set(True)
+    try:
+        yield
+    finally:
+        _DRILL.reset(token)
+
+
+def derive_trigger(*, drill: bool, alert: bool, scheduled: bool) -> Trigger:
+    """The trigger from what the runbook knows, the strongest first."""
+    if drill:
+        return "drill"
+    if alert:
+        return "alert"
+    return "schedule" if scheduled else "manual"
+
+
+def current_trigger(alert: dict[str, Any] | None) -> Trigger:
+    """The trigger of the rollback run in progress."""
+    context = FlowRunContext.get()
+    scheduled = bool(context and context.flow_run and context.flow_run.auto_scheduled)
+    return derive_trigger(drill=_DRILL.get(), alert=bool(alert), scheduled=scheduled)

@@ -1,0 +1,110 @@
+"""Who may start a rollback: only clients with the auth string; and a run's creator chooses no configuration,
+no silence and no trigger (real `prefect server start`, real `runbook serve`, the sandbox's stand-ins)."""
+
+from __future__ import annotations
+
+import base64
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.exceptions import PrefectHTTPStatusError
+
+from flows._trigger import derive_trigger
+from runbook.errors import RunbookError
+from runbook.serve import AUTH_FILE, LocalServer, local_auth_string, server_auth_string
+from tests.triggers.conftest import Served, server_env
+from tests.triggers.test_serve import api, create_run, wait_terminal
+
+
+def _basic(auth_string: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
+def test_the_local_server_wants_the_auth_string_only_its_owner_can_read(prefect_api: LocalServer) -> None:
+    server = prefect_api  # `local_prefect_server`, as `runbook serve` starts it: no auth string in its environment
+    assert server.auth_file is not None
+    file, home = server.auth_file, server.auth_file.parent
+    assert (file.name, stat.S_IMODE(file.stat().st_mode), stat.S_IMODE(home.stat().st_mode)) == (
+        AUTH_FILE,
+        0o600,
+        0o700,
+    )
+    assert file.read_text().strip() == server.auth_string and len(server.auth_string) > 40
+
+    flows = f"{server.api_url}/flows/filter"
+    assert httpx.post(flows, json={}, timeout=10).status_code == 401
+    assert httpx.post(flows, json={}, headers=_basic("runbook:guessed"), timeout=10).status_code == 401
+    assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200  # for load balancers
+    # Prefect's own client: refused without the auth string, served with it.
+    with SyncPrefectClient(server.api_url) as anonymous, pytest.raises(PrefectHTTPStatusError, match="401"):
+        anonymous.read_flows()
+    with SyncPrefectClient(server.api_url, auth_string=server.auth_string) as client:
+        assert isinstance(client.read_flows(), list)
+
+    # The next start from this home (what `local_prefect_server` calls) keeps the string: not made again.
+    inode = file.stat().st_ino
+    assert server_auth_string(server_env(str(home))) == (server.auth_string, file)
+    assert (file.stat().st_ino, file.read_text().strip()) == (inode, server.auth_string)
+    # `runbook rollback` against that server finds it there (loopback only; it never makes one).
+    client_env = {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": str(home)}
+    assert local_auth_string(client_env) == server.auth_string
+    assert local_auth_string({**client_env, "PREFECT_API_URL": "https://prefect.example.com/api"}) is None
+
+
+def test_an_auth_string_from_the_environment_wins_and_a_readable_file_is_refused(tmp_path: Path) -> None:
+    assert server_auth_string({"PREFECT_SERVER_API_AUTH_STRING": "ops:s3cret", "PREFECT_HOME": str(tmp_path)}) == (
+        "ops:s3cret",
+        None,
+    )
+    assert server_auth_string({"PREFECT_API_AUTH_STRING": "ops:other", "PREFECT_HOME": str(tmp_path)})[0] == "ops:other"
+    assert not (tmp_path / AUTH_FILE).exists()
+    made, file = server_auth_string({"PREFECT_HOME": str(tmp_path)})
+    assert file == tmp_path / AUTH_FILE
+    file.chmod(0o644)
+    with pytest.raises(RunbookError, match="others can read it"):
+        server_auth_string({"PREFECT_HOME": str(tmp_path)})
+    assert file.read_text().strip() == made  # refused, not replaced behind the owner's back
+
+
+def test_a_run_can_choose_no_configuration_no_silence_and_no_trigger(served: Served) -> None:
+    deployment = api("GET", f"{served.api}/deployments/name/rollback/rollback", served.headers).json()
+    properties = deployment["parameter_openapi_schema"]["properties"]
+    assert not {"config_path", "notify", "trigger"} & set(properties), sorted(properties)
+
+    sandbox = served.sandbox
+    # What a caller would point at servers of its own, collecting the runner's tokens; here, the stand-ins.
+    foreign = sandbox.write_config(sandbox.config_data(), "foreign.yaml")
+    github_seen, slack_seen, deploys = (
+        len(sandbox.github.requests),
+        dict(sandbox.slack.requests),
+        list(sandbox.app.deploys),
+    )
+    claims: list[dict[str, Any]] = [
+        {"config_path": str(foreign)},
+        # A rollback to the oldest version, unannounced, passed off as a drill (`schedule` is refused alike).
+        {"sha": sandbox.commits.all[0], "notify": False, "trigger": "drill"},
+    ]
+    started = time.monotonic()
+    run_ids = [create_run(served, {"service": "shop", "environment": "production", **claim}) for claim in claims]
+    runs = [wait_terminal(served, run_id) for run_id in run_ids]
+
+    # Refused by the flow-run process before any step: the flow has no such parameter.
+    refusals = [line for line in served.log.read_text().splitlines() if "SignatureMismatchError: " in line]
+    for claim, run in zip(claims, runs, strict=True):
+        assert run["state"]["type"] in ("CRASHED", "FAILED"), (run["parameters"], run["state"])
+        assert any(all(repr(key) in line for key in claim) for line in refusals), (claim, refusals)
+    assert sandbox.github.requests[github_seen:] == [], "the run reached GitHub"
+    assert sandbox.slack.requests == slack_seen and sandbox.app.deploys == deploys
+    print(f"{len(claims)} runs with claims refused in {time.monotonic() - started:.1f} s")
+
+
+def test_the_trigger_is_what_the_runbook_knows() -> None:
+    assert derive_trigger(drill=True, alert=True, scheduled=True) == "drill"  # only the rehearsal, in process
+    assert derive_trigger(drill=False, alert=True, scheduled=True) == "alert"
+    assert derive_trigger(drill=False, alert=False, scheduled=True) == "schedule"
+    assert derive_trigger(drill=False, alert=False, scheduled=False) == "manual"
