@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,35 +28,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._serve import runbook_serve  # noqa: E402
 from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
 from runbook.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
+from tests.support.alerts import alertmanager_body  # noqa: E402
 from tests.triggers.conftest import free_port, server_env  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
 
 
-def alert_body(starts_at: datetime) -> dict[str, object]:
-    labels = {"alertname": "HighErrorRate", "service": SERVICE, "environment": ENVIRONMENT, "rollback": "auto"}
-    return {
-        "version": "4",
-        "status": "firing",
-        "receiver": "runbook",
-        "groupKey": '{}:{service="shop"}',
-        "groupLabels": {"service": SERVICE},
-        "commonLabels": labels,
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "truncatedAlerts": 0,
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {"summary": "5xx above 5%"},
-                "startsAt": starts_at.isoformat().replace("+00:00", "Z"),
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://127.0.0.1:9090/graph",
-                "fingerprint": f"{int(starts_at.timestamp()):016x}",
-            }
-        ],
-    }
+def alert_body(starts_at: datetime) -> dict[str, Any]:
+    return alertmanager_body(
+        SERVICE, starts_at=starts_at, fingerprint=f"{int(starts_at.timestamp()):016x}", environment=ENVIRONMENT
+    )
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._serve import runbook_serve  # noqa: E402
 from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox  # noqa: E402
 from runbook.serve import local_prefect_server  # noqa: E402
+from tests.support.alerts import alertmanager_body  # noqa: E402
 from tests.triggers.conftest import free_port, server_env  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
@@ -44,29 +45,8 @@ def services(count: int) -> list[str]:
 
 
 def alert_body(service: str, trial: int, starts_at: datetime) -> dict[str, Any]:
-    labels = {"alertname": "HighErrorRate", "service": service, "environment": ENVIRONMENT, "rollback": "auto"}
-    return {
-        "version": "4",
-        "status": "firing",
-        "receiver": "runbook",
-        "groupKey": f'{{}}:{{service="{service}"}}',
-        "groupLabels": {"service": service},
-        "commonLabels": labels,
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "truncatedAlerts": 0,
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {"summary": f"{service} 5xx above 5%"},
-                "startsAt": starts_at.isoformat().replace("+00:00", "Z"),
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://127.0.0.1:9090/graph",
-                "fingerprint": f"{trial:08x}{abs(hash(service)) % 16**8:08x}",
-            }
-        ],
-    }
+    fingerprint = f"{trial:08x}{abs(hash(service)) % 16**8:08x}"
+    return alertmanager_body(service, starts_at=starts_at, fingerprint=fingerprint, environment=ENVIRONMENT)
 
 
 def storm(endpoint: str, names: list[str], trial: int) -> list[dict[str, Any]]:

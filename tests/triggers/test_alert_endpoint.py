@@ -26,6 +26,7 @@ from runbook.alerts import PrefectLauncher, create_app
 from runbook.config import parse_config
 from runbook.sandbox.world import SERVICE, Sandbox
 from runbook.serve import LocalServer
+from tests.support.alerts import alertmanager_body
 from tests.triggers.conftest import ALERT_TOKEN, ROOT, server_env, serving
 from tests.triggers.test_serve import api
 
@@ -34,27 +35,9 @@ AUTH = {"Authorization": f"Bearer {ALERT_TOKEN}"}
 
 def alert_body(service: str, *, environment_label: str = "environment") -> dict[str, Any]:
     """An Alertmanager webhook of one firing alert for `service` in production, as the default match wants."""
-    labels = {"alertname": "HighErrorRate", "service": service, environment_label: "production", "rollback": "auto"}
-    started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    return {
-        "version": "4",
-        "status": "firing",
-        "receiver": "runbook",
-        "groupKey": f'{{}}:{{service="{service}"}}',
-        "groupLabels": {"service": service},
-        "commonLabels": labels,
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {"summary": f"{service} 5xx above 5%"},
-                "startsAt": started,
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://127.0.0.1:9090/graph",
-                "fingerprint": uuid.uuid4().hex[:16],
-            }
-        ],
-    }
+    return alertmanager_body(
+        service, starts_at=datetime.now(UTC), fingerprint=uuid.uuid4().hex[:16], environment_label=environment_label
+    )
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
