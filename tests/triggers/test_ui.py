@@ -150,7 +150,8 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
         page.goto(ui)
         log_in(page, served.server.auth_string)  # the API wants the auth string: the UI asks for it
         page.get_by_role("link", name="Deployments", exact=True).click()
-        page.get_by_role("link", name="rollback", exact=True).first.click()
+        # The link to this deployment itself: "rollback" also names the flow, and the list may still be loading.
+        page.locator(f'a[href*="/deployments/deployment/{deployment_id}"]').first.click()
         page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment_id}"))
 
         page.get_by_role("button", name="Run", exact=True).click()
