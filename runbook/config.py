@@ -25,7 +25,15 @@ from pydantic import (
 )
 
 from runbook.errors import ConfigError, SecretError
-from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS, Settings, UrlStr, http_url
+from runbook.models import (
+    MAX_INTERVAL_SECONDS,
+    MAX_REQUEST_SECONDS,
+    MAX_WAIT_SECONDS,
+    Settings,
+    UrlStr,
+    dotted_path,
+    http_url,
+)
 from runbook.verification import MetricCheck, SmokeCheck
 
 DEFAULT_CONFIG_PATH = "runbook.yaml"
@@ -40,9 +48,7 @@ _Model = Settings
 
 
 def _dotted_path(value: str) -> str:
-    if not value or any(not part for part in value.split(".")):
-        raise ValueError("must be a dotted path such as 'sha' or 'build.sha'")
-    return value
+    return dotted_path(value, "'sha' or 'build.sha'")
 
 
 _ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")

@@ -36,3 +36,10 @@ def http_url(value: str) -> str:
 
 UrlStr = Annotated[str, AfterValidator(http_url)]
 """A settings field holding an http(s) URL (kept as the text written)."""
+
+
+def dotted_path(value: str, example: str) -> str:
+    """A JSON path such as `build.sha`: non-empty parts separated by dots (ValueError naming `example`)."""
+    if not value or any(not part for part in value.split(".")):
+        raise ValueError(f"must be a dotted path such as {example}")
+    return value

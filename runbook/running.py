@@ -26,6 +26,7 @@ from github.Repository import Repository
 from runbook import repository as repo_api
 from runbook.config import EnvironmentSettings, VersionProbe, WebhookTarget
 from runbook.errors import CommitNotFoundError
+from runbook.http import without_userinfo
 
 if TYPE_CHECKING:  # runbook.targets imports this module (the webhook's version endpoint)
     from runbook.targets.base import DeployTarget
@@ -95,7 +96,7 @@ def read_version(client: httpx.Client, url: str, *, json_field: str | None = Non
 
     Raises VersionUnreadableError saying why when there is no usable SHA (the URL shown without credentials).
     """
-    shown = _shown(url)
+    shown = without_userinfo(url)
     try:
         response = client.get(url, headers={"Accept": "application/json"})
     except httpx.HTTPError as exc:
@@ -144,7 +145,7 @@ def find_running(
     deploy = settings.deploy
     if reported is None and isinstance(deploy, WebhookTarget) and deploy.version_url:
         warn(
-            f"the {source} {_shown(deploy.version_url)} did not say which version runs (why: in the worker's "
+            f"the {source} {without_userinfo(deploy.version_url)} did not say which version runs (why: in the worker's "
             "log); trying the next source"
         )
 
@@ -181,12 +182,3 @@ def _full(repo: Repository, value: str | None, source: str, warn: Callable[[str]
     except CommitNotFoundError:
         warn(f"the {source} reports {sha}, which is no commit of {repo.full_name}; trying the next source")
         return None
-
-
-def _shown(url: str) -> str:
-    """The URL for messages, without any user:password@ part."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url
-    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url

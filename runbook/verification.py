@@ -36,7 +36,7 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 
 from runbook.errors import HealthCheckError
-from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS
+from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS, dotted_path
 from runbook.models import Settings as _Model
 from runbook.models import http_url as _http_url
 
@@ -152,9 +152,7 @@ class SmokeCheck(_Model):
     @field_validator("json_field")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(not part for part in value.split("."))):
-            raise ValueError("must be a dotted path such as 'data.items.0.id'")
-        return value
+        return None if value is None else dotted_path(value, "'data.items.0.id'")
 
     @model_validator(mode="after")
     def _coherent(self) -> SmokeCheck:

@@ -36,7 +36,7 @@ import httpx
 
 from runbook.config import WebhookTarget
 from runbook.errors import DeployError
-from runbook.http import retry_after
+from runbook.http import retry_after, without_userinfo
 from runbook.running import VersionUnreadableError, read_version
 from runbook.targets.base import DeployRequest, DeployResult
 
@@ -87,15 +87,6 @@ def request_body(request: DeployRequest) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _display(url: str) -> str:
-    """The URL for messages and links, without any user:password@ part."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url
-    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
-
-
 class WebhookDeployTarget:
     """Deploys with a signed POST to a deploy API (`deploy.type: webhook`)."""
 
@@ -111,7 +102,7 @@ class WebhookDeployTarget:
     def __init__(self, settings: WebhookTarget, *, transport: httpx.BaseTransport | None = None) -> None:
         self._settings = settings
         self._transport = transport
-        self._url = _display(settings.url)
+        self._url = without_userinfo(settings.url)
 
     def __repr__(self) -> str:
         return f"WebhookDeployTarget(url={self._url!r})"
@@ -190,7 +181,7 @@ class WebhookDeployTarget:
             status_url = self._status_url(deploy_id, key)
             if status in SUCCEEDED:
                 detail += f", status {status}"
-                return DeployResult(self.name, skipped=False, detail=detail, link=_display(status_url))
+                return DeployResult(self.name, skipped=False, detail=detail, link=without_userinfo(status_url))
             return self._follow(client, status_url, deploy_id, detail, redact)
 
     def finish(self, result: DeployResult) -> str | None:
@@ -324,7 +315,8 @@ class WebhookDeployTarget:
             return template
         if deploy_id is None or isinstance(deploy_id, dict | list) or str(deploy_id) == "":
             raise DeployError(
-                f"{self._url} accepted the deploy but answered no 'id', so {_display(template)} cannot be followed",
+                f"{self._url} accepted the deploy but answered no 'id', "
+                f"so {without_userinfo(template)} cannot be followed",
                 hint=f"the deploy may be running: check the deploy API (Idempotency-Key {key}); make the API "
                 "answer JSON with an 'id', or remove {id} from deploy.status_url",
             )
@@ -333,7 +325,7 @@ class WebhookDeployTarget:
     def _follow(
         self, client: httpx.Client, status_url: str, deploy_id: Any, detail: str, redact: list[str]
     ) -> DeployResult:
-        link = _display(status_url)
+        link = without_userinfo(status_url)
         started = time.monotonic()
         deadline = started + self._settings.deadline_seconds
         last = "not read yet"
