@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,7 @@ class _Options:
     dry_run: bool
     approval_timeout: int | None  # None: no approval asked
     posts: bool
+    slot_recorded: Callable[[], None] = lambda: None  # waits until the slot's holder is written down
 
 
 @flow(name="rollback", flow_run_name="rollback-{service}-{environment}", timeout_seconds=4 * 3600)
@@ -142,15 +144,15 @@ def rollback(
     posts = not dry_run and record.trigger != "drill"
     options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, posts)
     with ExitStack() as stack:
-        stale = None
         if not dry_run:
             try:
-                stale = stack.enter_context(one_rollback_at_a_time(service, environment, flow_run.id))
+                slot = stack.enter_context(one_rollback_at_a_time(service, environment, flow_run.id))
             except RollbackInProgressError as exc:
                 get_run_logger().warning(str(exc))
                 return Cancelled(message=str(exc))
-        if stale:
-            record.note(f"released the rollback slot of {stale}, which can no longer hold it")
+            if slot.released:
+                record.note(f"released the rollback slot of {slot.released}, which can no longer hold it")
+            options = replace(options, slot_recorded=slot.recorded)
         # One incident, one automatic rollback: a held alert stops here.
         held = hold_alert(config, record, options.posts)
         if held is not None:
@@ -272,6 +274,7 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
     # this process, the next attempt finds the deploy it may have started.
     opening = None if unfinished else open_rollout.submit(config, request, record.run_url, resolution.running)
     slack.rollback_started(resolution.sha, resolution.compare_url)
+    options.slot_recorded()  # a Retry after a crash during the deploy must be able to take the slot back
     rollout = unfinished.deployment_id if unfinished else _rollout_id(opening, record)
     # The hold's record (alert runs) is written alongside the deploy: a run that dies before it lands leaves an
     # unfinished rollout, which the next run follows anyway (never a second rollback further back).

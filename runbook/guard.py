@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -113,10 +114,11 @@ def _release_stale(service: str, environment: str, flow_run_id: UUID | None) -> 
 
 
 @contextmanager
-def one_rollback_at_a_time(service: str, environment: str, flow_run_id: UUID | None = None) -> Iterator[str | None]:
+def one_rollback_at_a_time(service: str, environment: str, flow_run_id: UUID | None = None) -> Iterator[Slot]:
     """Hold the service's rollback slot for the block, or raise RollbackInProgressError at once.
 
-    Yields what stale holder was released to get the slot (for the run's journal), or None.
+    Yields the `Slot`: what stale holder was released to get it (for the run's journal), and `recorded()`,
+    which waits until its holder is written down: call it before changing anything outside.
     """
     name = limit_name(service, environment)
     ensure_limit(name)
@@ -131,14 +133,23 @@ def one_rollback_at_a_time(service: str, environment: str, flow_run_id: UUID | N
             hint="follow the running one in the Prefect UI (flow runs of `rollback`)",
         )
     holder = {"lease_id": str(lease_id), "flow_run_id": str(flow_run_id or "")}
-    # Written alongside the run (see runbook/background.py): only a Retry after a crash reads it.
+    # Written alongside the run's first steps (see runbook/background.py), and waited for before the deploy: a
+    # Retry after a crash during the deploy must find it, or it would be locked out until the lease expires.
     writing = background.start("slot-holder", _write_holder, holder_variable(service, environment), holder)
     try:
         with maintain_concurrency_lease(lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):
-            yield released
+            yield Slot(released, lambda: writing.join(timeout=30))
     finally:
         writing.join(timeout=30)
         release_concurrency_slots_with_lease(lease_id)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The rollback slot a run holds."""
+
+    released: str | None  # the stale holder whose lease was taken back to get it, if any
+    recorded: Callable[[], None]  # waits until the holder is written down (before changing anything outside)
 
 
 def _write_holder(name: str, holder: dict[str, str]) -> None:
