@@ -602,6 +602,7 @@ class DockerDeployTarget:
         deadline = time.monotonic() + timeout
         settle = min(_SETTLE_SECONDS, timeout / 2)
         running_since: float | None = None
+        restarted_since: float | None = None
         status: str | None = None
         health: str | None = None
         while True:
@@ -609,8 +610,17 @@ class DockerDeployTarget:
             state = attrs.get("State") or {}
             status = state.get("Status")
             health = (state.get("Health") or {}).get("Status")
-            if state.get("Restarting") or attrs.get("RestartCount"):
+            restarts = attrs.get("RestartCount") or 0
+            if state.get("Restarting") or (restarts and status in ("exited", "dead")):
                 return f"exited with code {state.get('ExitCode')} and is being restarted by its restart policy"
+            if restarts:
+                # Restarted and running again: its State no longer holds the exit code. A crashing image exits
+                # again within moments; wait briefly for that to name the code, else say what is known.
+                restarted_since = restarted_since or time.monotonic()
+                if time.monotonic() - restarted_since >= _SETTLE_SECONDS or time.monotonic() > deadline:
+                    return f"exited and was restarted {restarts} time(s) by its restart policy"
+                time.sleep(0.05)
+                continue
             if status in ("exited", "dead"):
                 error = f": {state['Error']}" if state.get("Error") else ""
                 return f"exited with code {state.get('ExitCode')} right after it started{error}"
