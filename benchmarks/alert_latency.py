@@ -25,11 +25,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._serve import runbook_serve  # noqa: E402
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
-from runbook.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
-from tests.support.alerts import alertmanager_body  # noqa: E402
-from tests.triggers.conftest import free_port, server_env  # noqa: E402
+from commands.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
+from sandbox.alert_bodies import alertmanager_body  # noqa: E402
+from sandbox.process import free_port  # noqa: E402
+from sandbox.serving import runbook_serve, server_env  # noqa: E402
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
 
@@ -56,7 +56,8 @@ def main() -> None:
         # No hold: each trial is a new incident starting after the previous automatic rollback ended.
         data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
         config = sandbox.write_config(data, "bench.yaml")
-        with runbook_serve(server, config, work, TOKEN) as endpoint:
+        with runbook_serve(server, config, work, alert_token=TOKEN, port=free_port()) as serving:
+            endpoint = f"{serving.alerts_url}/alerts/alertmanager"
             sandbox.app.broken.clear()  # the story's versions are all good here: each trial breaks a new one
             latencies, runs = [], []
             for trial in range(args.trials):

@@ -30,11 +30,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._serve import runbook_serve  # noqa: E402
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox  # noqa: E402
-from runbook.serve import local_prefect_server  # noqa: E402
-from tests.support.alerts import alertmanager_body  # noqa: E402
-from tests.triggers.conftest import free_port, server_env  # noqa: E402
+from commands.serve import local_prefect_server  # noqa: E402
+from sandbox.alert_bodies import alertmanager_body  # noqa: E402
+from sandbox.process import free_port  # noqa: E402
+from sandbox.serving import runbook_serve, server_env  # noqa: E402
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -121,7 +121,8 @@ def main() -> None:
         config = sandbox.write_config(data, "storm.yaml")
         first_try: list[int] = []
         answer_times: list[float] = []
-        with runbook_serve(server, config, work, TOKEN) as endpoint:
+        with runbook_serve(server, config, work, alert_token=TOKEN, port=free_port()) as serving:
+            endpoint = f"{serving.alerts_url}/alerts/alertmanager"
             time.sleep(2)  # the runner's first polls
             for trial in range(1, args.trials + 1):
                 results = storm(endpoint, names, trial)

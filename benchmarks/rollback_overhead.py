@@ -28,10 +28,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from runbook import messages
 from runbook import repository as repo_api
 from runbook.config import load_config, using_config
-from runbook.images import find_image, image_exists, registry_client
 from runbook.running import find_running
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from runbook.service_images import find_image, image_exists, registry_client
 from runbook.targets import DeployRequest, build_target
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tasks.health_check import run_health_check
 from tasks.notify import post, update
 from tasks.resolve_sha import resolve

@@ -24,8 +24,9 @@ from prefect.utilities.urls import url_for
 
 from runbook import hold, messages
 from runbook.config import AlertSettings, RunbookConfig
+from runbook.errors import HoldUnknownError
 from runbook.events import emit
-from runbook.record import RollbackRecord, describe_error, utcnow
+from runbook.journal import Journal, describe_error, utcnow
 from tasks.notify import Posted, notify_thread
 
 
@@ -35,7 +36,7 @@ def hold_period(config: RunbookConfig) -> timedelta:
     return timedelta(minutes=minutes)
 
 
-def hold_alert(config: RunbookConfig, record: RollbackRecord, notify: bool) -> State | None:
+def hold_alert(config: RunbookConfig, record: Journal, notify: bool) -> State | None:
     """For an alert's run: None to go on, or the final state of a held run (Cancelled, named Held)."""
     if record.trigger != "alert" or record.dry_run:
         return None
@@ -44,7 +45,7 @@ def hold_alert(config: RunbookConfig, record: RollbackRecord, notify: bool) -> S
         with get_client(sync_client=True) as client:
             last = hold.read_last(client, service, environment)
     except Exception as exc:
-        raise hold.HoldUnknownError(
+        raise HoldUnknownError(
             f"cannot read the record of the last automatic rollback of {service}/{environment} "
             f"({describe_error(exc)}): not rolling back blindly",
             hint="check the Prefect API, then start the rollback by hand if it is still needed",
@@ -76,7 +77,7 @@ def hold_alert(config: RunbookConfig, record: RollbackRecord, notify: bool) -> S
     )
 
 
-def previous_rollback(config: RunbookConfig, record: RollbackRecord) -> str | None:
+def previous_rollback(config: RunbookConfig, record: Journal) -> str | None:
     """For a manual run: the root message's line saying an automatic rollback just happened (also a warning)."""
     if record.trigger != "manual":
         return None
@@ -96,7 +97,7 @@ def previous_rollback(config: RunbookConfig, record: RollbackRecord) -> str | No
     return messages.previous_rollback_line(config.slack.language, last.to_sha, at, last.run_url)
 
 
-def deploy_starting(record: RollbackRecord, thread: Posted) -> None:
+def deploy_starting(record: Journal, thread: Posted) -> None:
     """For an alert's run about to deploy: write it down as the last automatic rollback (held alerts reply to it)."""
     run_id = _run_id()
     if record.trigger != "alert" or record.dry_run or record.to_sha is None or run_id is None:

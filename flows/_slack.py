@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from runbook import messages
 from runbook.config import RunbookConfig
-from runbook.record import RollbackRecord
+from runbook.journal import Journal
 from tasks.notify import Posted, notify_incident, notify_outcome, notify_rollback_started, notify_status
 
 _NOTHING = Posted(None, None, "nothing posted (dry run or notify off)")
@@ -13,9 +13,7 @@ _NOTHING = Posted(None, None, "nothing posted (dry run or notify off)")
 class Announcer:
     """The seed's communication (section 4) for one run; silent when `enabled` is false (dry run, drills)."""
 
-    def __init__(
-        self, config: RunbookConfig, record: RollbackRecord, ctx: messages.IncidentContext, enabled: bool
-    ) -> None:
+    def __init__(self, config: RunbookConfig, record: Journal, ctx: messages.IncidentContext, enabled: bool) -> None:
         self._config = config
         self._record = record
         self._ctx = ctx

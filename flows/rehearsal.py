@@ -21,12 +21,12 @@ from flows.rollback import RollbackSummary, rollback
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import RunbookError
 from runbook.events import emit
+from runbook.journal import describe_error, utcnow
 from runbook.postmortem import artifact_key
-from runbook.record import describe_error, utcnow
-from tasks._policy import NO_CACHE
 from tasks.deploy import preflight_deploy
 from tasks.health_check import run_health_check
 from tasks.notify import check_slack, notify_channel
+from tasks.policy import NO_CACHE
 from tasks.resolve_sha import resolve_sha
 from tasks.verify_image import verify_image
 

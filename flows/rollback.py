@@ -30,12 +30,12 @@ from runbook import background, messages
 from runbook.approval import wait_for_approval
 from runbook.choices import choice, configured_names
 from runbook.config import RunbookConfig, load_config
-from runbook.errors import DeployError, InvalidShaError, RunbookError, ShaError
+from runbook.errors import DeployError, InvalidShaError, RollbackInProgressError, RunbookError, ShaError
 from runbook.events import emit
-from runbook.guard import RollbackInProgressError, one_rollback_at_a_time
-from runbook.record import RollbackRecord, describe_error, utcnow
+from runbook.journal import Journal, describe_error, utcnow
 from runbook.repository import UnfinishedRollout
-from runbook.retries import collect_retries
+from runbook.retry_log import collect_retries
+from runbook.rollback_slot import one_rollback_at_a_time
 from runbook.shas import normalize_sha
 from runbook.targets import DeployRequest
 from tasks.deploy import (
@@ -122,7 +122,7 @@ def rollback(
     config = load_config()
     config.environment(service, environment)  # unknown service or environment: fail before anything
     now = utcnow()
-    record = RollbackRecord(
+    record = Journal(
         service=service,
         environment=environment,
         trigger=current_trigger(alert),
@@ -160,7 +160,7 @@ def rollback(
         return _run(config, record, options)
 
 
-def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> RollbackSummary:
+def _run(config: RunbookConfig, record: Journal, options: _Options) -> RollbackSummary:
     """Run the procedure; whatever happens, tell Slack how it ended and write the post-mortem."""
     service, environment = record.service, record.environment
     if record.run_url:
@@ -217,7 +217,7 @@ def _run(config: RunbookConfig, record: RollbackRecord, options: _Options) -> Ro
     )
 
 
-def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, options: _Options) -> None:
+def _procedure(config: RunbookConfig, record: Journal, slack: Announcer, options: _Options) -> None:
     """The seed's sections 3.1 to 3.3, in order."""
     service, environment = record.service, record.environment
     # A rollback that never finished (its run died, or this run is retried) is followed, never started again.
@@ -326,7 +326,7 @@ def _procedure(config: RunbookConfig, record: RollbackRecord, slack: Announcer, 
     slack.recovered(resolution.sha, image.digest, ttr, result.link)
 
 
-def _unfinished(config: RunbookConfig, record: RollbackRecord, options: _Options) -> UnfinishedRollout | None:
+def _unfinished(config: RunbookConfig, record: Journal, options: _Options) -> UnfinishedRollout | None:
     """The unfinished rollout to follow, if any: not when a person asked for another version explicitly."""
     try:
         found = find_unfinished_rollout(config, record.service, record.environment)
@@ -345,7 +345,7 @@ def _unfinished(config: RunbookConfig, record: RollbackRecord, options: _Options
     return found
 
 
-def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
+def _verify(config: RunbookConfig, record: Journal) -> None:
     """Seed 3.3: health endpoints, then the error rate, then the key features."""
     service, environment = record.service, record.environment
     with record.step("health-check") as step:
@@ -364,7 +364,7 @@ def _verify(config: RunbookConfig, record: RollbackRecord) -> None:
             step.detail = record.smoke_summary[0] if record.smoke_summary else ""
 
 
-def _rollout_id(opening: PrefectFuture[int | None] | None, record: RollbackRecord) -> int | None:
+def _rollout_id(opening: PrefectFuture[int | None] | None, record: Journal) -> int | None:
     """The GitHub deployment id the record was opened with, or None (never fails the rollback)."""
     if opening is None:
         return None
@@ -375,9 +375,9 @@ def _rollout_id(opening: PrefectFuture[int | None] | None, record: RollbackRecor
     return outcome
 
 
-def _refused(record: RollbackRecord, exc: RunbookError) -> None:
+def _refused(record: Journal, exc: RunbookError) -> None:
     """A run refused on its parameters before it began: the post-mortem says why; nothing was posted or changed."""
-    record.fail(exc.step, describe_error(exc))
+    record.fail("resolve-sha", describe_error(exc))
     record.ended_at = utcnow()
     write_postmortem(record)
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from runbook import hold
 from runbook.config import AlertSettings, RunbookConfig, check_alert_token
-from runbook.errors import ConfigError, RunbookError
+from runbook.errors import ConfigError, LaunchError
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -67,12 +67,6 @@ LAUNCH_SECONDS = 8.0
 LAUNCH_CONCURRENCY = 4
 #: How long reading a request body may take before the answer is a 408 (a stalled sender holds nothing longer).
 BODY_SECONDS = 20.0
-
-
-class LaunchError(RunbookError):
-    """A rollback could not be started (the Prefect API is down, the deployment is missing...)."""
-
-    step = "alert"
 
 
 # --- payloads ---------------------------------------------------------------------------------------------

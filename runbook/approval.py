@@ -8,7 +8,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from runbook.errors import ApprovalError
-from runbook.record import RollbackRecord
+from runbook.journal import Journal
 
 
 class Approval(RunInput):
@@ -44,7 +44,7 @@ def approval_description(
     return "\n".join(lines)
 
 
-def wait_for_approval(record: RollbackRecord, title: str, compare_url: str | None, timeout: int) -> Approval:
+def wait_for_approval(record: Journal, title: str, compare_url: str | None, timeout: int) -> Approval:
     """Pause the run until a person approves or rejects it in the Prefect UI (ApprovalError unless approved)."""
     description = approval_description(
         record.service,

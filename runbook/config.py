@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from runbook.errors import ConfigError, SecretError
-from runbook.models import (
+from runbook.settings_base import (
     MAX_INTERVAL_SECONDS,
     MAX_REQUEST_SECONDS,
     MAX_WAIT_SECONDS,

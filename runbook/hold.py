@@ -4,7 +4,7 @@ When an alert-triggered run reaches its deploy step, it writes down who it is in
 `last-automatic-rollback-<service>-<environment>` (`LastRollback`: the flow run, its link, the SHA rolled back
 to, when the deploy started, the Slack thread); when it ended is its flow run's end, read from Prefect. A later
 alert-triggered run of the same service and environment reads it once it holds the one-at-a-time slot
-(runbook/guard.py): an alert that started before that rollback ended, or within `alerts.hold_minutes` after, is
+(runbook/rollback_slot.py): an alert that started before that rollback ended, or within `alerts.hold_minutes` after, is
 *held* (`hold_reason`): no deploy, the rollback's thread is told that a person decides (once per alert group,
 `held_groups`), and the run ends Cancelled. A run that failed before its deploy step wrote nothing, so it holds
 nothing. Manual runs are never held; they say that a rollback just happened (`is_recent`). The alert endpoint
@@ -23,8 +23,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from runbook.errors import RunbookError
-
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
@@ -34,12 +32,6 @@ if TYPE_CHECKING:
 RUN_LIMIT = timedelta(hours=4)
 #: How many alert groups one record remembers as told (a Variable's value is at most 5,000 characters).
 _MAX_GROUPS = 50
-
-
-class HoldUnknownError(RunbookError):
-    """An alert's run cannot read the record of the last automatic rollback: it does not roll back blindly."""
-
-    step = "start"
 
 
 @dataclass(frozen=True)

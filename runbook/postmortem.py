@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from runbook.record import RollbackRecord
+from runbook.journal import Journal
 
 REVIEW_CHECKLIST = (
     "Root cause of the faulty deploy identified",
@@ -28,7 +28,7 @@ def artifact_key(service: str, environment: str, suffix: str = "") -> str:
     return "".join(c if c.isalnum() or c == "-" else "-" for c in raw.lower())
 
 
-def render_markdown(record: RollbackRecord) -> str:
+def render_markdown(record: Journal) -> str:
     """The whole post-mortem as Markdown: summary, versions, trigger, timeline, recovery, health, links."""
     outcome = {
         "recovered": "Recovered",
@@ -108,7 +108,7 @@ def render_markdown(record: RollbackRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def timings_table(record: RollbackRecord) -> list[dict[str, str | float]]:
+def timings_table(record: Journal) -> list[dict[str, str | float]]:
     """One row per step, for Prefect's table artifact."""
     return [
         {

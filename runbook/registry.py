@@ -6,7 +6,7 @@ for it. A Bearer token the registry refuses (`error="invalid_token"`, e.g. revok
 replaced once; a freshly fetched one that is refused is final. When a platform is required and the tag
 is a multi-platform image (OCI index, Docker manifest list), the index is fetched by digest (a GET, which
 Docker Hub counts as a pull: only then) and must list that platform. Wire facts:
-runbook/sandbox/fixtures/oci/PROTOCOL.md. No credential or token ever goes into a message, log line,
+sandbox/fixtures/oci/PROTOCOL.md. No credential or token ever goes into a message, log line,
 exception or repr; messages name where the secret is configured (`secret_hint`), never its value.
 """
 

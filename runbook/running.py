@@ -25,7 +25,7 @@ from github.Repository import Repository
 
 from runbook import repository as repo_api
 from runbook.config import EnvironmentSettings, VersionProbe, WebhookTarget
-from runbook.errors import CommitNotFoundError
+from runbook.errors import CommitNotFoundError, VersionUnreadableError
 from runbook.http import without_userinfo
 
 if TYPE_CHECKING:  # runbook.targets imports this module (the webhook's version endpoint)
@@ -52,10 +52,6 @@ class RunningVersion:
     source: str  # "docker container label", "webhook version endpoint", "version probe", "GitHub Deployments"...
     authoritative: bool  # the service or its deploy target said so (not merely a record in GitHub)
     deployment_id: int | None = None  # the GitHub deployment found running (source GitHub Deployments only)
-
-
-class VersionUnreadableError(Exception):
-    """A version endpoint gave no usable commit SHA (never escapes this module's callers: they fall through)."""
 
 
 def never_went_live(states: Sequence[str]) -> bool:

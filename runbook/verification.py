@@ -35,33 +35,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from runbook.errors import HealthCheckError
-from runbook.models import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS, dotted_path
-from runbook.models import Settings as _Model
-from runbook.models import http_url as _http_url
+from runbook.errors import MetricCheckError, PrometheusUnavailableError, SmokeCheckError
+from runbook.settings_base import MAX_INTERVAL_SECONDS, MAX_REQUEST_SECONDS, MAX_WAIT_SECONDS, dotted_path
+from runbook.settings_base import Settings as _Model
+from runbook.settings_base import http_url as _http_url
 
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _RECENT = 5  # values quoted in a failure message
-
-
-class MetricCheckError(HealthCheckError):
-    """The metric did not hold under its threshold in time, or Prometheus refused the query."""
-
-    def __init__(self, message: str, *, hint: str = "", report: MetricReport | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.report = report
-
-
-class PrometheusUnavailableError(MetricCheckError):
-    """Prometheus could not be reached or is not ready (retried until the deadline)."""
-
-
-class SmokeCheckError(HealthCheckError):
-    """At least one smoke check failed; `report` holds every result."""
-
-    def __init__(self, message: str, *, hint: str = "", report: SmokeReport | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.report = report
 
 
 def _promql_string(value: str) -> str:

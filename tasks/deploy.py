@@ -10,7 +10,7 @@ from runbook import repository as repo_api
 from runbook.config import RunbookConfig
 from runbook.errors import RunbookError
 from runbook.targets import DeployRequest, DeployResult, build_target
-from tasks._policy import NO_CACHE, RUN_ONCE
+from tasks.policy import NO_CACHE, RUN_ONCE
 
 # An unfinished rollout older than this is history, not something in flight.
 UNFINISHED_MAX_AGE = timedelta(hours=6)

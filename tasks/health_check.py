@@ -13,7 +13,7 @@ from runbook.config import HealthSettings, Probe, RunbookConfig
 from runbook.errors import HealthCheckError
 from runbook.health import ProbeResult, Verdict, judge
 from runbook.verification import run_metric_check, run_smoke_checks
-from tasks._policy import NO_CACHE
+from tasks.policy import NO_CACHE
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from slack_sdk.webhook import WebhookClient
 
 from runbook.config import RunbookConfig, SlackSettings
 from runbook.errors import RunbookError
-from tasks._policy import NO_CACHE, RUN_ONCE
+from tasks.policy import NO_CACHE, RUN_ONCE
 
 WEBHOOK = "incoming-webhook"
 

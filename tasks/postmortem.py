@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from runbook.journal import Journal
 from runbook.postmortem import artifact_key, render_markdown, timings_table
-from runbook.record import RollbackRecord
-from tasks._policy import NO_CACHE
+from tasks.policy import NO_CACHE
 
 
 @task(name="write-postmortem", cache_policy=NO_CACHE, timeout_seconds=60)
-def write_postmortem(record: RollbackRecord) -> str:
+def write_postmortem(record: Journal) -> str:
     """Publish the post-mortem (Markdown) and the step timings (table) as Prefect artifacts."""
     key = artifact_key(record.service, record.environment)
     markdown = render_markdown(record)

@@ -11,11 +11,11 @@ from prefect import get_run_logger, task
 from runbook import repository as repo_api
 from runbook.config import RunbookConfig, ServiceSettings
 from runbook.errors import AlreadyRunningError, NotOnBranchError, ShaError
-from runbook.images import image_exists, registry_client
 from runbook.running import UNKNOWN, RunningVersion, find_running
+from runbook.service_images import image_exists, registry_client
 from runbook.shas import last_known_good_candidates, normalize_sha
 from runbook.targets import build_target
-from tasks._policy import RUN_ONCE
+from tasks.policy import RUN_ONCE
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 
 from runbook.config import RunbookConfig
-from runbook.images import find_image, registry_client
-from tasks._policy import RUN_ONCE
+from runbook.service_images import find_image, registry_client
+from tasks.policy import RUN_ONCE
 
 
 @dataclass(frozen=True)

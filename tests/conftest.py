@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
 import pytest  # noqa: E402
 
 if TYPE_CHECKING:
-    from runbook.sandbox.world import Sandbox
+    from sandbox.world import Sandbox
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -48,7 +48,7 @@ def output_dir() -> Path:
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """The sandbox world (real registry, GitHub and Slack stand-ins, the app), fresh for each test."""
-    from runbook.sandbox.world import Sandbox
+    from sandbox.world import Sandbox
 
     with Sandbox(tmp_path, run_step_seconds=0.05) as world:
         yield world

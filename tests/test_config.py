@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from runbook.cli import app
+from commands.cli import app
 from runbook.config import load_config, parse_config
 from runbook.errors import ConfigError, SecretError
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from commands.cli import app
 from deployments.spec import deployment_specs, prefect_yaml
-from runbook.cli import app
 from runbook.config import load_config
-from runbook.sandbox.world import Sandbox
+from sandbox.world import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

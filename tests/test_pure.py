@@ -9,8 +9,8 @@ import pytest
 from runbook import messages
 from runbook.errors import HealthCheckError, InvalidShaError
 from runbook.health import ProbeResult, judge
+from runbook.journal import Journal, describe_error
 from runbook.postmortem import artifact_key, render_markdown, timings_table
-from runbook.record import RollbackRecord, describe_error
 from runbook.repository import was_healthy
 from runbook.running import commit_sha, json_path_value, never_went_live
 from runbook.shas import last_known_good_candidates, normalize_sha
@@ -98,9 +98,9 @@ def test_error_descriptions_never_dump_foreign_exceptions() -> None:
     assert describe_error(HealthCheckError("not healthy", hint="escalate")) == "not healthy: escalate"
 
 
-def _record(outcome: str) -> RollbackRecord:
+def _record(outcome: str) -> Journal:
     start = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
-    record = RollbackRecord("shop", "production", "alert", "5xx spike", "INC-7", start, start + timedelta(seconds=5))
+    record = Journal("shop", "production", "alert", "5xx spike", "INC-7", start, start + timedelta(seconds=5))
     record.from_sha, record.to_sha, record.sha_source = D, C, "last known good"
     record.running_source = "version probe"
     record.image, record.digest = "ghcr.io/acme/shop:" + C, "sha256:" + "1" * 64

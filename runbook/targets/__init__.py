@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from runbook import repository as repo_api
 from runbook.config import GitHubActionsTarget, RunbookConfig, WebhookTarget
-from runbook.images import insecure_registries, registry_credentials
+from runbook.service_images import insecure_registries, registry_credentials
 from runbook.targets.base import DeployRequest, DeployResult, DeployTarget
 from runbook.targets.docker import DockerDeployTarget
 from runbook.targets.github_actions import GitHubActionsDeployTarget

@@ -35,9 +35,9 @@ from urllib.parse import quote
 import httpx
 
 from runbook.config import WebhookTarget
-from runbook.errors import DeployError
+from runbook.errors import DeployError, VersionUnreadableError
 from runbook.http import retry_after, without_userinfo
-from runbook.running import VersionUnreadableError, read_version
+from runbook.running import read_version
 from runbook.targets.base import DeployRequest, DeployResult
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ from runbook.alerts import (
 )
 from runbook.config import RunbookConfig, parse_config
 from runbook.errors import ConfigError
-from runbook.sandbox.alertmanager import AlertmanagerServer
-from runbook.sandbox.fixtures import load_fixture
+from sandbox.alertmanager import AlertmanagerServer
+from sandbox.fixtures import load_fixture
 
 TOKEN = "alert-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

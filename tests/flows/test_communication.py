@@ -9,7 +9,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, Sandbox
+from sandbox.world import ENVIRONMENT, REPOSITORY, Sandbox
 from tests.support.prefect_events import read_events, wait_for_events
 from tests.support.rollback import run_rollback as _run
 

@@ -23,8 +23,8 @@ from prefect.states import AwaitingRetry, Crashed
 
 from flows.rollback import rollback
 from runbook.config import CONFIG_ENV_VAR, using_config
-from runbook.sandbox.registry import push_image
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from sandbox.registry import push_image
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tests.flows.test_rollback import postmortem_of
 from tests.support.rollback import run_rollback as run
 

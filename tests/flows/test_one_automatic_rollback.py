@@ -22,9 +22,9 @@ from flows.rollback import rollback
 from runbook.alerts import PrefectLauncher, create_app, label_fingerprint
 from runbook.config import CONFIG_ENV_VAR, load_config
 from runbook.hold import variable_name
-from runbook.sandbox.alertmanager import AlertmanagerServer
-from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.alertmanager import AlertmanagerServer
+from sandbox.registry import delete_tag
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tests.alerts.test_alerts import TOKEN, Served, post, wait_for
 from tests.support.rollback import run_rollback
 

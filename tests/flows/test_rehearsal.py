@@ -8,8 +8,8 @@ import pytest
 
 from flows.rehearsal import rehearsal
 from runbook.config import CONFIG_ENV_VAR, using_config
-from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.registry import delete_tag
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tests.support.prefect_events import wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -12,8 +12,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.rollback import rollback
 from runbook.config import using_config
-from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from sandbox.registry import delete_tag
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tests.support.rollback import run_rollback as run
 
 SEED_1 = "Incident en production détecté. Investigation en cours."

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from runbook.sandbox.dockerd import DockerEngine, build_service_image
-from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from sandbox.dockerd import DockerEngine, build_service_image
+from sandbox.registry import delete_tag
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tests.support.rollback import run_rollback
 
 SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."

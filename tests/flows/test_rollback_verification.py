@@ -11,9 +11,9 @@ import pytest
 
 from flows.rollback import rollback
 from runbook.config import using_config
-from runbook.sandbox.metrics_app import MetricsApp
-from runbook.sandbox.prometheus import PrometheusServer
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.metrics_app import MetricsApp
+from sandbox.prometheus import PrometheusServer
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 JOB = "shop"

@@ -8,7 +8,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, Sandbox
+from sandbox.world import ENVIRONMENT, REPOSITORY, Sandbox
 from tests.support.rollback import run_rollback as run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -15,7 +15,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.rollback import rollback
 from runbook.config import CONFIG_ENV_VAR
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

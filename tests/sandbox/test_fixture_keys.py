@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from runbook.sandbox.fixtures import keys_match, load_fixture
-from runbook.sandbox.github_standin import GitHubStandIn
-from runbook.sandbox.slack_standin import SlackStandIn
+from sandbox.fixtures import keys_match, load_fixture
+from sandbox.github_standin import GitHubStandIn
+from sandbox.slack_standin import SlackStandIn
 
 GH_TOKEN = "ghp_keys_token"
 SLACK_TOKEN = "xoxb-keys-token"

@@ -12,7 +12,7 @@ from github import Auth, BadCredentialsException, Github, GithubException, Unkno
 from github.Repository import Repository
 from github.WorkflowRun import WorkflowRun
 
-from runbook.sandbox.github_standin import GitHubStandIn, WorkflowRunRequest
+from sandbox.github_standin import GitHubStandIn, WorkflowRunRequest
 
 TOKEN = "ghp_test_token_not_secret"
 REPO = "acme/shop"

@@ -12,7 +12,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from runbook.sandbox.slack_standin import SlackStandIn
+from sandbox.slack_standin import SlackStandIn
 
 TOKEN = "xoxb-test-token-not-secret"
 CHANNEL = "#incidents-prod"

@@ -7,7 +7,7 @@ from typing import Any
 
 from flows.rollback import rollback
 from runbook.config import using_config
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 
 def run_rollback(sandbox: Sandbox, config: Path | None = None, **parameters: Any) -> Any:

@@ -18,10 +18,10 @@ from docker.errors import NotFound
 from runbook.config import DockerTarget
 from runbook.errors import DeployError
 from runbook.registry import RegistryCredentials
-from runbook.sandbox.dockerd import DockerEngine, build_service_image
-from runbook.sandbox.registry import RegistryServer
 from runbook.targets.base import DeployRequest
 from runbook.targets.docker import DockerDeployTarget
+from sandbox.dockerd import DockerEngine, build_service_image
+from sandbox.registry import RegistryServer
 
 REPOSITORY = "acme/shop"
 GOOD, BROKEN, CRASHING = "a" * 40, "b" * 40, "c" * 40

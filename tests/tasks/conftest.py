@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runbook.config import RunbookConfig, load_config
-from runbook.sandbox.world import Sandbox
+from sandbox.world import Sandbox
 
 
 @pytest.fixture

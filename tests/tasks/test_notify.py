@@ -8,7 +8,7 @@ import pytest
 
 from runbook import messages
 from runbook.config import RunbookConfig
-from runbook.sandbox.world import CHANNEL, SLACK_TOKEN_VAR, Sandbox
+from sandbox.world import CHANNEL, SLACK_TOKEN_VAR, Sandbox
 from tasks.notify import post
 
 

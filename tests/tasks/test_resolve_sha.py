@@ -7,11 +7,11 @@ import pytest
 from runbook import repository as repo_api
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import AlreadyRunningError, CommitNotFoundError, ShaError
-from runbook.images import image_exists, registry_client
 from runbook.running import GITHUB_DEPLOYMENTS, VERSION_PROBE, RunningVersion, find_running
-from runbook.sandbox.registry import delete_tag
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from runbook.service_images import image_exists, registry_client
 from runbook.targets import build_target
+from sandbox.registry import delete_tag
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tasks.resolve_sha import Resolution, resolve
 
 

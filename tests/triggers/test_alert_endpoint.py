@@ -22,12 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
+from commands.serve import LocalServer
 from runbook.alerts import PrefectLauncher, create_app
 from runbook.config import parse_config
-from runbook.sandbox.world import SERVICE, Sandbox
-from runbook.serve import LocalServer
-from tests.support.alerts import alertmanager_body
-from tests.triggers.conftest import ALERT_TOKEN, ROOT, server_env, serving
+from sandbox.alert_bodies import alertmanager_body
+from sandbox.serving import ROOT, server_env
+from sandbox.world import SERVICE, Sandbox
+from tests.triggers.conftest import ALERT_TOKEN, serving
 from tests.triggers.test_serve import api
 
 AUTH = {"Authorization": f"Bearer {ALERT_TOKEN}"}
@@ -62,7 +63,7 @@ def test_a_taken_alert_port_stops_serve_with_the_reason_before_anything_starts(t
         config = ROOT / "runbook.example.yaml"
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "runbook.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
+            [sys.executable, "-m", "commands.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         elapsed = time.monotonic() - started

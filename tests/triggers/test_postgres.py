@@ -1,7 +1,7 @@
 """`runbook serve` on a real Prefect server backed by PostgreSQL: a run created through the API completes.
 
 The same check as `test_a_run_created_through_the_api_completes` (test_serve.py, SQLite), with the server's
-state in a throwaway PostgreSQL cluster (`runbook.sandbox.postgres`), as a shared installation would run it.
+state in a throwaway PostgreSQL cluster (`sandbox.postgres`), as a shared installation would run it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from typing import Any
 import asyncpg
 import httpx
 
-from runbook.sandbox.postgres import PostgresServer
-from runbook.sandbox.world import Sandbox
-from runbook.serve import local_prefect_server
-from tests.triggers.conftest import _wait, free_port, server_env, serving
+from commands.serve import local_prefect_server
+from sandbox.postgres import PostgresServer
+from sandbox.process import free_port
+from sandbox.serving import server_env
+from sandbox.serving import wait_for as _wait
+from sandbox.world import Sandbox
+from tests.triggers.conftest import serving
 from tests.triggers.test_serve import create_run, wait_terminal
 
 # The setting Prefect 3.9 reads (PREFECT_API_DATABASE_CONNECTION_URL is its older alias, also accepted).

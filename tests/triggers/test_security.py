@@ -14,10 +14,11 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import PrefectHTTPStatusError
 
+from commands.serve import AUTH_FILE, LocalServer, local_auth_string, server_auth_string
 from flows._trigger import derive_trigger
 from runbook.errors import RunbookError
-from runbook.serve import AUTH_FILE, LocalServer, local_auth_string, server_auth_string
-from tests.triggers.conftest import Served, server_env
+from sandbox.serving import server_env
+from tests.triggers.conftest import Served
 from tests.triggers.test_serve import api, create_run, wait_terminal
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 
-from runbook.serve import LocalServer, local_prefect_server
-from tests.triggers.conftest import ROOT, Served, free_port, server_env
+from commands.serve import LocalServer, local_prefect_server
+from sandbox.process import free_port
+from sandbox.serving import ROOT, server_env
+from tests.triggers.conftest import Served
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 

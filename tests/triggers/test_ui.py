@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from runbook.sandbox.world import ENVIRONMENT, REPOSITORY
+from sandbox.world import ENVIRONMENT, REPOSITORY
 from tests.triggers.conftest import Served
 from tests.triggers.test_serve import wait_terminal
 

@@ -7,7 +7,7 @@ from uuid import uuid4
 import pytest
 from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 
-from runbook.guard import (
+from runbook.rollback_slot import (
     LEASE_SECONDS,
     RollbackInProgressError,
     ensure_limit,

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from runbook.sandbox.process import LocalServer
+from sandbox.process import LocalServer
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 

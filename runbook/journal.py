@@ -30,7 +30,7 @@ class StepRecord:
 
 
 @dataclass
-class RollbackRecord:
+class Journal:
     """Everything the post-mortem needs, filled in as the run goes."""
 
     service: str

@@ -29,7 +29,7 @@ import docker
 from docker.errors import DockerException
 from requests.exceptions import RequestException
 
-from runbook.sandbox.process import LocalServer
+from sandbox.process import LocalServer
 
 DOCKERD = "/usr/sbin/dockerd"
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: one static binary, all a FROM-scratch image needs

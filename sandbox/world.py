@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import yaml
 
-from runbook.sandbox.app import SandboxApp
-from runbook.sandbox.github_standin import GitHubStandIn, WorkflowRunRequest
-from runbook.sandbox.registry import RegistryServer, push_image
-from runbook.sandbox.slack_standin import SlackStandIn
+from sandbox.app import SandboxApp
+from sandbox.github_standin import GitHubStandIn, WorkflowRunRequest
+from sandbox.registry import RegistryServer, push_image
+from sandbox.slack_standin import SlackStandIn
 
 REPOSITORY = "acme/shop"
 SERVICE = "shop"

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import httpx
 
-from runbook.sandbox.process import LocalServer
+from sandbox.process import LocalServer
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from runbook.record import RollbackRecord, utcnow
+from runbook.journal import Journal, utcnow
 
 RETRY_LOGGERS = {
     "runbook.registry": "registry",
@@ -26,7 +26,7 @@ _URL = re.compile(r"https?://([^/\s:@]+@)?([^/\s]+)\S*")
 
 
 class _Collector(logging.Handler):
-    def __init__(self, record: RollbackRecord) -> None:
+    def __init__(self, record: Journal) -> None:
         super().__init__(level=logging.INFO)
         self.rollback = record
 
@@ -42,7 +42,7 @@ class _Collector(logging.Handler):
 
 
 @contextmanager
-def collect_retries(record: RollbackRecord) -> Iterator[None]:
+def collect_retries(record: Journal) -> Iterator[None]:
     """Keep the clients' retries of this block in `record.retries`."""
     handler = _Collector(record)
     changed: list[tuple[logging.Logger, int]] = []

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from runbook.sandbox.fixtures import load_fixture
+from sandbox.fixtures import load_fixture
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
-"""The `runbook` command: `demo`, `rollback`, `check-config`."""
+"""The `runbook` command: `serve`, `rollback`, `check-config`, `prefect-yaml` (the demo is `python -m sandbox`)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,8 +77,8 @@ def rollback(
 ) -> None:
     """Run the rollback flow here and now (the Prefect UI and alerts use the deployments instead)."""
     prefect_defaults()
+    from commands.serve import CLIENT_AUTH_SETTING, local_auth_string
     from runbook.config import config_path, using_config
-    from runbook.serve import CLIENT_AUTH_SETTING, local_auth_string
 
     auth_string = local_auth_string(os.environ)  # PREFECT_API_URL is the server `runbook serve` started here
     if auth_string:
@@ -98,34 +97,17 @@ def _run_rollback(**parameters: Any) -> Any:
 
 
 @app.command()
-def demo(
-    workdir: Annotated[
-        Path | None, typer.Option(help="where the sandbox and Prefect keep their files (default .runbook/)")
-    ] = None,
-) -> None:
-    """Roll a broken sandbox service back to its last known good version, end to end, on local servers."""
-    base = (workdir or Path(".runbook")).resolve()
-    prefect_defaults(base / "prefect")
-    # Links in Slack and the post-mortem point where the README says to look: a server on this PREFECT_HOME.
-    os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
-    from runbook.sandbox.demo import run_demo
-
-    ok = run_demo(Path(tempfile.mkdtemp(prefix="sandbox-", dir=_mkdir(base))), base / "prefect")
-    raise typer.Exit(0 if ok else 1)
-
-
-@app.command()
 def serve(
     config: ConfigOption = None,
     alerts_host: Annotated[str, typer.Option(help="address of the alert endpoint")] = "127.0.0.1",
     alerts_port: Annotated[int, typer.Option(help="port of the alert endpoint")] = 8787,
 ) -> None:
     """Serve the rollback and rehearsal deployments and the alert endpoint (Ctrl-C stops)."""
-    from runbook.serve import SERVE_HOME  # not Prefect: its settings are read at import, after these defaults
+    from commands.serve import SERVE_HOME  # not Prefect: its settings are read at import, after these defaults
 
     prefect_defaults(Path(SERVE_HOME).resolve() if not os.environ.get("PREFECT_API_URL") else None)
+    from commands.serve import serve as run_server
     from runbook.config import config_path
-    from runbook.serve import serve as run_server
 
     try:
         run_server(config_path(config), alerts_host=alerts_host, alerts_port=alerts_port)
@@ -145,13 +127,8 @@ def prefect_yaml_command(config: ConfigOption = None) -> None:
         _fail(exc)
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def main() -> None:
-    """Entry point for `python -m runbook.cli`."""
+    """Entry point for `python -m commands.cli`."""
     app()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from runbook.config import using_config
-from runbook.sandbox.world import ENVIRONMENT, SERVICE, Sandbox
+from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 
 def _say(text: str = "") -> None:

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from runbook.sandbox.process import LocalServer, free_port
+from sandbox.process import LocalServer, free_port
 
 POSTGRES_USER = "postgres"  # the OS user owning the cluster when we run as root, and the database superuser
 _COMMANDS = ("initdb", "postgres", "pg_ctl", "pg_isready", "createdb")

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from runbook.sandbox.process import LocalServer, free_port
+from sandbox.process import LocalServer, free_port
 
 _free_port = free_port  # tests import it from here
 

@@ -31,17 +31,11 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.variables import Variable
 
 from runbook import background
-from runbook.errors import RunbookError
+from runbook.errors import RollbackInProgressError
 
 LEASE_SECONDS = 300
 #: Flow run state types whose run may still hold its slot; any other (Completed, Failed, Crashed...) cannot.
 _LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
-
-
-class RollbackInProgressError(RunbookError):
-    """Another rollback of the same service and environment holds the slot."""
-
-    step = "start"
 
 
 def _name(prefix: str, service: str, environment: str) -> str:

@@ -1,0 +1,84 @@
+"""`runbook serve` as a child process against a real Prefect server, for the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from commands.serve import LocalServer
+from runbook.processes import stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_env(home: str, **extra: str) -> dict[str, str]:
+    """The environment of a Prefect process of these tests: own home, no telemetry, no test harness settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": home, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    env.update(extra)
+    return env
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until `check()` is true (HTTP errors count as not yet); AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class ServeProcess:
+    """A running `runbook serve`: its process, its log, and its alert endpoint's base URL ('' without one)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    alerts_url: str
+
+
+@contextmanager
+def runbook_serve(
+    server: LocalServer, config: Path, workdir: Path, *, alert_token: str | None = None, port: int
+) -> Iterator[ServeProcess]:
+    """`runbook serve --config CONFIG` against `server`, until its deployments (and alert endpoint) are up.
+
+    The alert endpoint listens on `port`; it is waited for when `alert_token` is given (the configuration's
+    `alerts.token` must then read $RUNBOOK_ALERT_TOKEN).
+    """
+    log = workdir / "serve.log"
+    extra = {"RUNBOOK_ALERT_TOKEN": alert_token} if alert_token else {}
+    env = server_env(str(workdir / "prefect-home"), **server.client_env(), **extra)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "commands.cli", "serve", "--config", str(config), "--alerts-port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    alerts_url = f"http://127.0.0.1:{port}" if alert_token else ""
+    try:
+        try:
+            if alert_token:
+                wait_for(lambda: httpx.get(f"{alerts_url}/healthz", timeout=1).status_code == 200, 90, "the endpoint")
+            # The endpoint may answer before the runner has registered the deployments.
+            deployment = f"{server.api_url}/deployments/name/rollback/rollback"
+            wait_for(
+                lambda: httpx.get(deployment, headers=server.headers, timeout=2).status_code == 200,
+                90, "the rollback deployment",
+            )  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; serve log:\n{log.read_text()[-3000:]}") from None
+        yield ServeProcess(process, log, alerts_url)
+    finally:
+        stop_process(process, timeout=20)
