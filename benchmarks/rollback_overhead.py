@@ -28,12 +28,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from runbook import messages
 from runbook import repository as repo_api
 from runbook.config import load_config, using_config
+from runbook.probes import run_health_check
 from runbook.running import find_running
 from runbook.service_images import find_image, image_exists, registry_client
+from runbook.slack import SlackPoster
 from runbook.targets import DeployRequest, build_target
 from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
-from tasks.health_check import run_health_check
-from tasks.notify import post, update
 from tasks.resolve_sha import resolve
 
 
@@ -51,12 +51,12 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     service = config.service(SERVICE)
     env = config.environment(SERVICE, ENVIRONMENT)
     ctx = messages.IncidentContext(SERVICE, ENVIRONMENT, language=config.slack.language)
-    channel = service.slack.channel
+    slack = SlackPoster(config.slack, service.slack.channel)
     times: dict[str, float] = {}
     start = time.perf_counter()
 
     mark = time.perf_counter()
-    thread = post(config, channel, messages.incident_message(ctx))
+    thread = slack.post(messages.incident_message(ctx))
     times["notify-incident"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -71,8 +71,8 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
         times["verify-image"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    update(config, thread, messages.incident_message(ctx, messages.status_rolling_back(ctx, resolution.sha)))
-    post(config, channel, messages.rollback_started_message(ctx, resolution.sha), thread)
+    slack.update(thread, messages.incident_message(ctx, messages.status_rolling_back(ctx, resolution.sha)))
+    slack.post(messages.rollback_started_message(ctx, resolution.sha), thread)
     times["notify-rollback-started"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -92,8 +92,8 @@ def plain(sandbox: Sandbox) -> tuple[float, dict[str, float]]:
     repo_api.set_deployment_status(repo, rollout, state="success", description="bench", log_url=None)
     if resolution.running:
         repo_api.mark_rolled_back(repo, ENVIRONMENT, resolution.running, "bench", resolution.running_deployment_id)
-    update(config, thread, messages.incident_message(ctx, messages.status_recovered(ctx, resolution.sha, 0.0)))
-    post(config, channel, messages.recovered_message(ctx, resolution.sha, manifest.digest, 0.0), thread, True)
+    slack.update(thread, messages.incident_message(ctx, messages.status_recovered(ctx, resolution.sha, 0.0)))
+    slack.post(messages.recovered_message(ctx, resolution.sha, manifest.digest, 0.0), thread, broadcast=True)
     times["record + notify-outcome"] = time.perf_counter() - mark
     return time.perf_counter() - start, times
 

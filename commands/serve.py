@@ -217,7 +217,8 @@ class AlertEndpoint:
     def __init__(self, config: RunbookConfig, sock: socket.socket) -> None:
         import uvicorn
 
-        from runbook.alerts import PrefectLauncher, create_app
+        from commands.alert_endpoint import create_app
+        from runbook.alerts.launcher import PrefectLauncher
 
         self.app = create_app(config, PrefectLauncher("rollback/rollback"))
         # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alerts.BODY_SECONDS.
@@ -230,7 +231,7 @@ class AlertEndpoint:
         self._thread.start()
 
     def reconfigure(self, config: RunbookConfig) -> None:
-        from runbook.alerts import reconfigure
+        from commands.alert_endpoint import reconfigure
 
         reconfigure(self.app, config)
 

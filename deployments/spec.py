@@ -126,7 +126,10 @@ def runner_deployments(config: RunbookConfig) -> list[Any]:
 
 
 def with_choices(deployment: Any, config: RunbookConfig) -> Any:
-    """The form's service and environment choices from `config`, not from the file read when the flow was imported.
+    """The form's service and environment choices, from `config` (the flow's module reads no configuration).
+
+    `prefect deploy --all` (workers) builds the schema from the flow alone: there the two fields are plain text,
+    and a run naming an unknown service or environment fails at once, listing the configured ones.
 
     They are also what the Prefect API validates a new run against (a service it does not list is a 409), so
     `runbook serve` reloading its configuration (SIGHUP) registers them again from the new file.

@@ -27,7 +27,9 @@ from runbook.config import AlertSettings, RunbookConfig
 from runbook.errors import HoldUnknownError
 from runbook.events import emit
 from runbook.journal import Journal, describe_error, utcnow
-from tasks.notify import Posted, notify_thread
+from runbook.messages import Language
+from runbook.slack import Posted, SlackPoster
+from tasks.notify import notify_thread
 
 
 def hold_period(config: RunbookConfig) -> timedelta:
@@ -36,8 +38,11 @@ def hold_period(config: RunbookConfig) -> timedelta:
     return timedelta(minutes=minutes)
 
 
-def hold_alert(config: RunbookConfig, record: Journal, notify: bool) -> State | None:
-    """For an alert's run: None to go on, or the final state of a held run (Cancelled, named Held)."""
+def hold_alert(period: timedelta, language: Language, record: Journal, slack: SlackPoster | None) -> State | None:
+    """For an alert's run: None to go on, or the final state of a held run (Cancelled, named Held).
+
+    `slack`: where to tell the automatic rollback's thread; None when this run posts nothing.
+    """
     if record.trigger != "alert" or record.dry_run:
         return None
     service, environment = record.service, record.environment
@@ -50,12 +55,12 @@ def hold_alert(config: RunbookConfig, record: Journal, notify: bool) -> State | 
             f"({describe_error(exc)}): not rolling back blindly",
             hint="check the Prefect API, then start the rollback by hand if it is still needed",
         ) from None
-    reason = hold.hold_reason(last, record.detected_at, utcnow(), hold_period(config), run_id=_run_id())
+    reason = hold.hold_reason(last, record.detected_at, utcnow(), period, run_id=_run_id())
     if reason is None or last is None:
         return None
     logger = get_run_logger()
-    group_key, fingerprints = _group_of(record.alert)
-    group = hold.group_id(group_key, fingerprints)
+    alert = record.alert
+    group = hold.group_id(alert.group_key, list(alert.fingerprints)) if alert else hold.group_id("", [])
     if group in last.held_groups:
         logger.warning("held: %s; this alert group was already told in the rollback's thread", reason)
     else:
@@ -63,11 +68,9 @@ def hold_alert(config: RunbookConfig, record: Journal, notify: bool) -> State | 
         # Written before posting, while the run is quiet: on SQLite an update racing the server's own writes
         # of task states is refused ("database is locked") and retried by the client seconds later.
         _remember(last.told(group), logger)
-        if notify:
-            text = messages.held_message(
-                config.slack.language, last.to_sha, last.run_url, record.alert_line(), _start_url()
-            )
-            if not notify_thread(config, service, Posted(last.channel, last.thread_ts), text).ok:
+        if slack is not None:
+            text = messages.held_message(language, last.to_sha, last.run_url, record.alert_line(), _start_url())
+            if not notify_thread(slack, Posted(last.channel, last.thread_ts), text).ok:
                 _remember(last, logger)  # not told after all: the group's next notification tries again
     emit("rollback", "held", service, environment, {"reason": reason, "rollback_run": last.flow_run_id})
     return Cancelled(
@@ -77,7 +80,7 @@ def hold_alert(config: RunbookConfig, record: Journal, notify: bool) -> State | 
     )
 
 
-def previous_rollback(config: RunbookConfig, record: Journal) -> str | None:
+def previous_rollback(period: timedelta, language: Language, record: Journal) -> str | None:
     """For a manual run: the root message's line saying an automatic rollback just happened (also a warning)."""
     if record.trigger != "manual":
         return None
@@ -87,14 +90,14 @@ def previous_rollback(config: RunbookConfig, record: Journal) -> str | None:
     except Exception as exc:
         record.warn(f"could not tell whether an automatic rollback just happened: {describe_error(exc)}")
         return None
-    if last is None or not hold.is_recent(last, utcnow(), hold_period(config)):
+    if last is None or not hold.is_recent(last, utcnow(), period):
         return None
     at = last.ended_at or last.deploy_started_at
     record.warn(
         f"an automatic rollback of {record.service}/{record.environment} just happened: to {last.to_sha[:7]} "
         f"at {at:%Y-%m-%d %H:%M:%S} UTC ({last.run_url or 'flow run ' + last.flow_run_id})"
     )
-    return messages.previous_rollback_line(config.slack.language, last.to_sha, at, last.run_url)
+    return messages.previous_rollback_line(language, last.to_sha, at, last.run_url)
 
 
 def deploy_starting(record: Journal, thread: Posted) -> None:
@@ -135,14 +138,6 @@ def _remember(last: hold.LastRollback, logger: Any) -> None:
             hold.write_last(client, last, replacing=True)
     except Exception as exc:
         logger.warning("could not write down which alert groups were told: %s", describe_error(exc))
-
-
-def _group_of(alert: dict[str, Any] | None) -> tuple[str, list[str]]:
-    """The alert group's key and fingerprints, as the alert endpoint passes them."""
-    if not alert:
-        return "", []
-    fingerprints = alert.get("fingerprints") or [alert.get("fingerprint") or ""]
-    return str(alert.get("group") or ""), [str(f) for f in fingerprints]
 
 
 def _run_id() -> str | None:

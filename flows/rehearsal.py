@@ -16,15 +16,17 @@ from typing import Literal, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows._trigger import drill
 from flows.rollback import RollbackSummary, rollback
-from runbook.config import RunbookConfig, load_config
+from flows.trigger import drill
+from runbook import messages
+from runbook.clients import Clients, Scope
+from runbook.config import HealthSettings, load_config
 from runbook.errors import RunbookError
 from runbook.events import emit
 from runbook.journal import describe_error, utcnow
 from runbook.postmortem import artifact_key
+from runbook.probes import run_health_check
 from tasks.deploy import preflight_deploy
-from tasks.health_check import run_health_check
 from tasks.notify import check_slack, notify_channel
 from tasks.policy import NO_CACHE
 from tasks.resolve_sha import resolve_sha
@@ -68,16 +70,14 @@ class RehearsalReport:
             lines += [f"| {name} | {seconds:.2f} |" for name, seconds in self.timings.items()]
         return "\n".join(lines) + "\n"
 
-    def summary(self) -> str:
-        failed = [f"{name}: {detail}" for name, ok, detail in self.checks if not ok]
-        head = f"Rollback rehearsal ({self.mode}) of `{self.service}` in `{self.environment}`: "
-        return head + ("ready." if self.ready else "NOT READY.\n" + "\n".join(f"- {line}" for line in failed))
+    def summary(self, language: messages.Language = "en") -> str:
+        failed = [(name, detail) for name, ok, detail in self.checks if not ok]
+        return messages.rehearsal_summary(language, self.mode, self.service, self.environment, self.ready, failed)
 
 
-@task(name="probe-health-once", cache_policy=NO_CACHE, timeout_seconds=120)
-def probe_health_once(config: RunbookConfig, service_name: str, environment: str) -> str:
+@task(name="probe-health-once", cache_policy=NO_CACHE)
+def probe_health_once(settings: HealthSettings) -> str:
     """One round of the health probes (they must answer healthy now); HealthCheckError if not."""
-    settings = config.environment(service_name, environment).health
     once = settings.model_copy(
         update={"consecutive_successes": 1, "deadline_seconds": settings.probe_timeout_seconds * 2}
     )
@@ -114,46 +114,50 @@ def rehearsal(
     The configuration is the file `runbook serve` or the worker runs with ($RUNBOOK_CONFIG), never a parameter.
     """
     config = load_config()
-    config.environment(service, environment)
+    scope = Scope.of(config, service, environment)  # unknown service or environment: fail before anything
     report = RehearsalReport(service, environment, mode)
-    if mode == "preflight":
-        _preflight(config, report)
-    else:
-        with drill():  # the rollbacks it runs, in this process, post nothing (this report speaks for them)
-            _drill(config, report)
-    create_markdown_artifact(
-        markdown=report.markdown(),
-        key=artifact_key(service, environment).replace("rollback-", "rehearsal-", 1),
-        description=f"Rehearsal ({mode}): {'ready' if report.ready else 'not ready'}",
-    )
-    get_run_logger().info(report.summary())
-    failed = [name for name, ok, _ in report.checks if not ok]
-    emit(
-        "rehearsal",
-        "ready" if report.ready else "not-ready",
-        service,
-        environment,
-        {"mode": mode, "failed_checks": failed, "timings": report.timings},
-    )
-    if notify == "always" or (notify == "on-problem" and not report.ready):
-        notify_channel(config, service, report.summary())
+    with Clients(config, scope) as clients:
+        if mode == "preflight":
+            _preflight(scope, clients, report)
+        else:
+            with drill():  # the rollbacks it runs, in this process, post nothing (this report speaks for them)
+                _drill(scope, report)
+        create_markdown_artifact(
+            markdown=report.markdown(),
+            key=artifact_key(service, environment).replace("rollback-", "rehearsal-", 1),
+            description=f"Rehearsal ({mode}): {'ready' if report.ready else 'not ready'}",
+        )
+        get_run_logger().info(report.summary())
+        failed = [name for name, ok, _ in report.checks if not ok]
+        emit(
+            "rehearsal",
+            "ready" if report.ready else "not-ready",
+            service,
+            environment,
+            {"mode": mode, "failed_checks": failed, "timings": report.timings},
+        )
+        if notify == "always" or (notify == "on-problem" and not report.ready):
+            notify_channel(clients.slack, report.summary(scope.slack.language))
     return report
 
 
-def _preflight(config: RunbookConfig, report: RehearsalReport) -> None:
-    service, environment = report.service, report.environment
-    resolution = _checked(report, "last known good", lambda: resolve_sha(config, service, environment, None))
+def _preflight(scope: Scope, clients: Clients, report: RehearsalReport) -> None:
+    resolution = _checked(
+        report,
+        "last known good",
+        lambda: resolve_sha(scope, clients.repo, clients.target, clients.registry, None),
+    )
     if resolution is not None:
-        _checked(report, "image", lambda: verify_image(config, service, resolution.sha).digest)
-    _checked(report, "deploy target", lambda: preflight_deploy(config, service, environment))
-    _checked(report, "health probes", lambda: probe_health_once(config, service, environment))
-    problem = check_slack(config)
+        _checked(report, "image", lambda: verify_image(clients.registry, scope.service, resolution.sha).digest)
+    _checked(report, "deploy target", lambda: preflight_deploy(clients.target))
+    _checked(report, "health probes", lambda: probe_health_once(scope.settings.health))
+    problem = check_slack(clients.slack)
     report.check("slack", problem is None, problem or "the token is accepted")
 
 
-def _drill(config: RunbookConfig, report: RehearsalReport) -> None:
+def _drill(scope: Scope, report: RehearsalReport) -> None:
     service, environment = report.service, report.environment
-    if not config.environment(service, environment).staging:
+    if not scope.settings.staging:
         report.check("staging", False, f"{environment} is not marked `staging: true`: a drill really rolls back")
         return
     back = _checked(

@@ -10,11 +10,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
@@ -23,13 +21,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
-from flows._hold import deploy_starting, hold_alert, previous_rollback
+from flows._hold import deploy_starting, hold_alert, hold_period, previous_rollback
 from flows._slack import Announcer
-from flows._trigger import current_trigger
+from flows.trigger import current_alert, current_trigger
 from runbook import background, messages
 from runbook.approval import wait_for_approval
-from runbook.choices import choice, configured_names
-from runbook.config import RunbookConfig, load_config
+from runbook.clients import Clients, Scope
+from runbook.config import load_config
 from runbook.errors import DeployError, InvalidShaError, RollbackInProgressError, RunbookError, ShaError
 from runbook.events import emit
 from runbook.journal import Journal, describe_error, utcnow
@@ -37,28 +35,13 @@ from runbook.repository import UnfinishedRollout
 from runbook.retry_log import collect_retries
 from runbook.rollback_slot import one_rollback_at_a_time
 from runbook.shas import normalize_sha
-from runbook.targets import DeployRequest
-from tasks.deploy import (
-    close_rollout,
-    deploy,
-    find_unfinished_rollout,
-    finish_deploy,
-    mark_rolled_back,
-    open_rollout,
-    preflight_deploy,
-)
+from runbook.targets import DeployRequest, DeployResult
+from tasks.deploy import deploy, finish_deploy, preflight_deploy
+from tasks.github_deployments import close_rollout, find_unfinished_rollout, mark_rolled_back, open_rollout
 from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
 from tasks.resolve_sha import Resolution, resolve_sha
 from tasks.verify_image import ImageCheck, verify_image
-
-_SERVICES, _ENVIRONMENTS = configured_names()
-if TYPE_CHECKING:
-    ServiceName = str
-    EnvironmentName = str
-else:
-    ServiceName = choice(_SERVICES)
-    EnvironmentName = choice(_ENVIRONMENTS)
 
 
 @dataclass(frozen=True)
@@ -89,16 +72,14 @@ class _Options:
 
 @flow(name="rollback", flow_run_name="rollback-{service}-{environment}", timeout_seconds=4 * 3600)
 def rollback(
-    service: ServiceName,
-    environment: EnvironmentName,
+    service: str,
+    environment: str,
     sha: str | None = None,
     reason: str = "",
     incident: str | None = None,
     dry_run: bool = False,
     require_approval: bool = False,
     approval_timeout_seconds: int = 900,
-    detected_at: datetime | None = None,
-    alert: dict[str, Any] | None = None,
 ) -> RollbackSummary | State:
     """Roll a service back to its last stable version, telling everyone, and write the post-mortem.
 
@@ -111,24 +92,23 @@ def rollback(
         dry_run: Resolve the SHA, verify the image and check the deploy target only; change and post nothing.
         require_approval: Pause before deploying until a person approves in the Prefect UI (Resume).
         approval_timeout_seconds: How long to wait for that approval before giving up (nothing deployed).
-        detected_at: When the incident started (an alert's startsAt); default: now.
-        alert: The alert that started it (name, labels, link), set by the alert endpoint; such a run follows the
-            rules of automatic rollbacks (one per incident).
 
-    The configuration is the file `runbook serve` or the worker runs with ($RUNBOOK_CONFIG), never a parameter;
-    who started the run is what the runbook knows (flows/_trigger.py); every rollback that changes something is
-    announced in Slack.
+    The form shows a person's fields only. The configuration is the file `runbook serve` or the worker runs with
+    ($RUNBOOK_CONFIG), never a parameter; an alert reaches the run in its context (runbook/incident.py), not as
+    a parameter; who started the run is what the runbook knows (flows/trigger.py); every rollback that changes
+    something is announced in Slack.
     """
     config = load_config()
-    config.environment(service, environment)  # unknown service or environment: fail before anything
+    scope = Scope.of(config, service, environment)  # unknown service or environment: fail before anything
+    alert = current_alert()  # a malformed alert context: fail before anything
     now = utcnow()
-    record = Journal(
+    journal = Journal(
         service=service,
         environment=environment,
         trigger=current_trigger(alert),
         reason=reason,
         incident=incident,
-        detected_at=detected_at or now,
+        detected_at=alert.starts_at if alert else now,
         started_at=now,
         dry_run=dry_run,
         run_url=_run_url(),
@@ -138,12 +118,13 @@ def rollback(
     try:  # the format needs no I/O: a malformed SHA is refused before the slot, Slack or GitHub
         sha = normalize_sha(sha) if sha and sha.strip() else None
     except InvalidShaError as exc:
-        _refused(record, exc)
+        _refused(journal, exc)
         raise
     # Drills report in the rehearsal's artifact; every other rollback that changes something is announced.
-    posts = not dry_run and record.trigger != "drill"
+    posts = not dry_run and journal.trigger != "drill"
     options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, posts)
-    with ExitStack() as stack:
+    period = hold_period(config)
+    with Clients(config, scope) as clients, ExitStack() as stack:
         if not dry_run:
             try:
                 slot = stack.enter_context(one_rollback_at_a_time(service, environment, flow_run.id))
@@ -151,235 +132,313 @@ def rollback(
                 get_run_logger().warning(str(exc))
                 return Cancelled(message=str(exc))
             if slot.released:
-                record.note(f"released the rollback slot of {slot.released}, which can no longer hold it")
+                journal.note(f"released the rollback slot of {slot.released}, which can no longer hold it")
             options = replace(options, slot_recorded=slot.recorded)
         # One incident, one automatic rollback: a held alert stops here.
-        held = hold_alert(config, record, options.posts)
+        held = hold_alert(period, scope.slack.language, journal, clients.slack if posts else None)
         if held is not None:
             return held
-        return _run(config, record, options)
+        ctx = messages.IncidentContext(
+            service=service,
+            environment=environment,
+            reason=reason,
+            incident=incident,
+            mentions=tuple(scope.service.slack.mentions),
+            run_url=journal.run_url,
+            language=scope.slack.language,
+            alert=journal.alert_line(),
+            previous=previous_rollback(period, scope.slack.language, journal),
+        )
+        slack = Announcer(clients.slack, journal, ctx, enabled=posts)
+        return _run(_Rollback(scope, clients, journal, slack, options))
 
 
-def _run(config: RunbookConfig, record: Journal, options: _Options) -> RollbackSummary:
+def _run(run: _Rollback) -> RollbackSummary:
     """Run the procedure; whatever happens, tell Slack how it ended and write the post-mortem."""
-    service, environment = record.service, record.environment
-    if record.run_url:
-        record.links["flow run"] = record.run_url
-    ctx = messages.IncidentContext(
-        service=service,
-        environment=environment,
-        reason=record.reason,
-        incident=record.incident,
-        mentions=tuple(config.service(service).slack.mentions),
-        run_url=record.run_url,
-        language=config.slack.language,
-        alert=record.alert_line(),
-        previous=previous_rollback(config, record),
-    )
-    slack = Announcer(config, record, ctx, enabled=options.posts)
+    journal, options = run.journal, run.options
+    service, environment = journal.service, journal.environment
+    if journal.run_url:
+        journal.links["flow run"] = journal.run_url
     if not options.dry_run:
-        emit("rollback", "started", service, environment, {"trigger": record.trigger, "reason": record.reason})
+        emit("rollback", "started", service, environment, {"trigger": journal.trigger, "reason": journal.reason})
     try:
-        with collect_retries(record):
+        with collect_retries(journal):
             if options.sha is None:
-                slack.incident()  # at once: the team hears of it while the version is chosen
-            _procedure(config, record, slack, options)
+                run.slack.incident()  # at once: the team hears of it while the version is chosen
+            _procedure(run)
     except Exception as exc:
-        step = next((s.name for s in reversed(record.steps) if s.state == "failed"), "rollback")
-        record.fail(step, describe_error(exc))
+        step = next((s.name for s in reversed(journal.steps) if s.state == "failed"), "rollback")
+        journal.fail(step, describe_error(exc))
         # A given SHA refused (unknown, off the branch, running now) was checked before any post: none now either.
-        if slack.announced or not isinstance(exc, ShaError):
-            slack.failed(step, record.failure_reason or "")
+        if run.slack.announced or not isinstance(exc, ShaError):
+            run.slack.failed(step, journal.failure_reason or "")
         if not options.dry_run:
-            emit("rollback", "failed", service, environment, {"step": step, "reason": record.failure_reason})
+            emit("rollback", "failed", service, environment, {"step": step, "reason": journal.failure_reason})
         raise
     finally:
-        record.ended_at = utcnow()
-        markdown = write_postmortem(record)
+        journal.ended_at = utcnow()
+        markdown = write_postmortem(journal)
     if not options.dry_run:
         emit(
             "rollback",
             "succeeded",
             service,
             environment,
-            {"sha": record.to_sha, "digest": record.digest, "time_to_recovery": record.time_to_recovery},
+            {"sha": journal.to_sha, "digest": journal.digest, "time_to_recovery": journal.time_to_recovery},
         )
     return RollbackSummary(
-        record.outcome,
+        journal.outcome,
         service,
         environment,
-        record.from_sha,
-        record.to_sha,
-        record.digest,
-        record.time_to_recovery,
-        {s.name: s.seconds for s in record.steps},
+        journal.from_sha,
+        journal.to_sha,
+        journal.digest,
+        journal.time_to_recovery,
+        {s.name: s.seconds for s in journal.steps},
         markdown,
     )
 
 
-def _procedure(config: RunbookConfig, record: Journal, slack: Announcer, options: _Options) -> None:
-    """The seed's sections 3.1 to 3.3, in order."""
-    service, environment = record.service, record.environment
-    # A rollback that never finished (its run died, or this run is retried) is followed, never started again.
-    unfinished = None if options.dry_run else _unfinished(config, record, options)
-    with record.step("resolve-sha") as step:
-        if unfinished is not None:
-            resolution = Resolution(unfinished.sha, "", unfinished.from_sha, "unfinished rollback")
-            step.detail = f"{resolution.short}: resuming rollback {unfinished.rollback_id}, never finished"
-        else:
-            resolution = resolve_sha(config, service, environment, options.sha)
-            step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
-        record.from_sha, record.to_sha, record.sha_source = resolution.running, resolution.sha, resolution.source
-        record.running_source = resolution.running_source
-        if resolution.warning:
-            record.warn(resolution.warning)
-        if resolution.compare_url:
-            record.links["changes rolled back"] = resolution.compare_url
-    slack.incident()  # a given SHA once checked (already posted for the others): a refused one posts nothing
-
-    with record.step("verify-image") as step:
-        if unfinished is not None:
-            # What the unfinished rollout was deploying, by digest: exactly that, whatever the tag says now.
-            name = unfinished.image.split("@", 1)[0]
-            image = ImageCheck(f"{name}:{unfinished.sha}", unfinished.digest, "recorded by the unfinished rollout")
-            step.detail = f"{image.image} (recorded by rollback {unfinished.rollback_id})"
-        else:
-            image = verify_image(config, service, resolution.sha)
-            step.detail = f"{image.image} = {image.digest}"
-        record.image, record.digest = image.image, image.digest
-
-    if options.dry_run:
-        with record.step("preflight-deploy") as step:
-            step.detail = preflight_deploy(config, service, environment)
-        record.outcome = "dry-run"
+def _procedure(run: _Rollback) -> None:
+    """The seed's sections 3.1 to 3.3 and 4, in order."""
+    unfinished = run.find_unfinished()  # a rollback that never finished is followed, never started again
+    resolution = run.identify(unfinished)  # 3.1: the stable version, and the one running now
+    run.slack.incident()  # a given SHA once checked (already posted for the others): a refused one posts nothing
+    image = run.verify_image(resolution, unfinished)  # prerequisite: its image, by digest
+    if run.options.dry_run:
+        run.preflight()
         return
+    run.approve(resolution)  # when asked for: a person says yes in the Prefect UI
+    request = run.request(resolution, image, unfinished)
+    run.announce(request, resolution, unfinished)  # 4: "rollback started"; the intent recorded in GitHub
+    with run.rollout_outcome():
+        result = run.redeploy(request, resolution, unfinished)  # 3.2
+        run.check()  # 3.3: health, error rate, key features
+    run.recovered(request, resolution, image, result, unfinished)  # 4: "recovered", the bad version marked
 
-    if options.approval_timeout is not None:
-        with record.step("approval") as step:
-            approval = wait_for_approval(record, resolution.title, resolution.compare_url, options.approval_timeout)
-            record.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
-            step.detail = f"approved by {record.approval}"
 
-    request = DeployRequest(
-        service,
-        environment,
-        resolution.sha,
-        image.pinned,
-        image.digest,
-        record.reason,
-        rollback_id=unfinished.rollback_id if unfinished else str(flow_run.id),
-        resume_since=unfinished.created_at if unfinished else None,
-    )
-    # The intent is recorded BEFORE the deploy call (while the Slack post goes out), so that whatever happens to
-    # this process, the next attempt finds the deploy it may have started.
-    opening = None if unfinished else open_rollout.submit(config, request, record.run_url, resolution.running)
-    slack.rollback_started(resolution.sha, resolution.compare_url)
-    options.slot_recorded()  # a Retry after a crash during the deploy must be able to take the slot back
-    rollout = unfinished.deployment_id if unfinished else _rollout_id(opening, record)
-    # The hold's record (alert runs) is written alongside the deploy: a run that dies before it lands leaves an
-    # unfinished rollout, which the next run follows anyway (never a second rollback further back).
-    writing = background.start("hold-record", deploy_starting, record, slack.thread)
-    try:
-        with record.step("deploy") as step:
-            result = deploy(config, request)
+class _Rollback:
+    """One rollback run: each seed section as a method that runs its task and writes down what it found.
+
+    The journal (for the post-mortem) and the rollout's GitHub Deployments record are filled here, from the
+    tasks' results, so that `_procedure` reads like the runbook.
+    """
+
+    def __init__(self, scope: Scope, clients: Clients, journal: Journal, slack: Announcer, options: _Options) -> None:
+        self.scope = scope
+        self.clients = clients
+        self.journal = journal
+        self.slack = slack
+        self.options = options
+        self._rollout: int | None = None  # the GitHub deployment that records this rollout
+
+    def find_unfinished(self) -> UnfinishedRollout | None:
+        """The unfinished rollout to follow, if any: not in a dry run, not when a person asked for another SHA."""
+        if self.options.dry_run:
+            return None
+        journal = self.journal
+        try:
+            found = find_unfinished_rollout(self.clients.repo, self.scope.environment)
+        except RunbookError as exc:
+            journal.warn(f"could not check for an unfinished rollback: {describe_error(exc)}")
+            return None
+        if found is None:
+            return None
+        wanted = self.options.sha
+        if wanted and not found.sha.startswith(wanted):
+            journal.warn(
+                f"rollback {found.rollback_id} to {found.sha[:7]} never finished; {wanted[:7]} was asked for explicitly"
+            )
+            return None
+        journal.note(f"resuming rollback {found.rollback_id} to {found.sha[:7]} (recorded {found.created_at:%H:%M:%S})")
+        return found
+
+    def identify(self, unfinished: UnfinishedRollout | None) -> Resolution:
+        """Seed 3.1: the commit to return to (given, the last known good, or the unfinished rollout's)."""
+        journal = self.journal
+        with journal.step("resolve-sha") as step:
+            if unfinished is not None:
+                resolution = Resolution(unfinished.sha, "", unfinished.from_sha, "unfinished rollback")
+                step.detail = f"{resolution.short}: resuming rollback {unfinished.rollback_id}, never finished"
+            else:
+                clients = self.clients
+                resolution = resolve_sha(self.scope, clients.repo, clients.target, clients.registry, self.options.sha)
+                step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
+            journal.from_sha, journal.to_sha, journal.sha_source = resolution.running, resolution.sha, resolution.source
+            journal.running_source = resolution.running_source
+            if resolution.warning:
+                journal.warn(resolution.warning)
+            if resolution.compare_url:
+                journal.links["changes rolled back"] = resolution.compare_url
+        return resolution
+
+    def verify_image(self, resolution: Resolution, unfinished: UnfinishedRollout | None) -> ImageCheck:
+        """The image of that commit exists; from here on everything deploys it by digest."""
+        with self.journal.step("verify-image") as step:
+            if unfinished is not None:
+                # What the unfinished rollout was deploying, by digest: exactly that, whatever the tag says now.
+                name = unfinished.image.split("@", 1)[0]
+                image = ImageCheck(f"{name}:{unfinished.sha}", unfinished.digest, "recorded by the unfinished rollout")
+                step.detail = f"{image.image} (recorded by rollback {unfinished.rollback_id})"
+            else:
+                image = verify_image(self.clients.registry, self.scope.service, resolution.sha)
+                step.detail = f"{image.image} = {image.digest}"
+            self.journal.image, self.journal.digest = image.image, image.digest
+        return image
+
+    def preflight(self) -> None:
+        """A dry run's last step: the deploy target is reachable and usable; nothing changes."""
+        with self.journal.step("preflight-deploy") as step:
+            step.detail = preflight_deploy(self.clients.target)
+        self.journal.outcome = "dry-run"
+
+    def approve(self, resolution: Resolution) -> None:
+        """When approval is required: wait for a person's yes in the Prefect UI (ApprovalError otherwise)."""
+        if self.options.approval_timeout is None:
+            return
+        journal = self.journal
+        with journal.step("approval") as step:
+            timeout = self.options.approval_timeout
+            approval = wait_for_approval(journal, resolution.title, resolution.compare_url, timeout)
+            journal.approval = f"{approval.approver or 'someone'}: {approval.comment or 'no comment'}"
+            step.detail = f"approved by {journal.approval}"
+
+    def request(self, resolution: Resolution, image: ImageCheck, unfinished: UnfinishedRollout | None) -> DeployRequest:
+        """What the deploy target is asked for: this commit's image by digest, under this rollback's id."""
+        return DeployRequest(
+            self.scope.service_name,
+            self.scope.environment,
+            resolution.sha,
+            image.pinned,
+            image.digest,
+            self.journal.reason,
+            rollback_id=unfinished.rollback_id if unfinished else str(flow_run.id),
+            resume_since=unfinished.created_at if unfinished else None,
+        )
+
+    def announce(self, request: DeployRequest, resolution: Resolution, unfinished: UnfinishedRollout | None) -> None:
+        """Seed 4 "rollback started", while the intent is recorded in GitHub BEFORE the deploy call.
+
+        Whatever happens to this process afterwards, the next attempt finds the deploy it may have started.
+        """
+        repo, journal = self.clients.repo, self.journal
+        opening = None if unfinished else open_rollout.submit(repo, request, journal.run_url, resolution.running)
+        self.slack.rollback_started(resolution.sha, resolution.compare_url)
+        self.options.slot_recorded()  # a Retry after a crash during the deploy must be able to take the slot back
+        self._rollout = unfinished.deployment_id if unfinished else _rollout_id(opening, journal)
+
+    @contextmanager
+    def rollout_outcome(self) -> Iterator[None]:
+        """Around the deploy and the checks: the hold's record alongside; on failure, the rollout's GitHub status.
+
+        The hold's record (alert runs) is written alongside the deploy: a run that dies before it lands leaves an
+        unfinished rollout, which the next run follows anyway (never a second rollback further back).
+        """
+        journal = self.journal
+        writing = background.start("hold-record", deploy_starting, journal, self.slack.thread)
+        try:
+            yield
+        except Exception as exc:
+            writing.join(timeout=30)
+            if self._rollout is not None:
+                # `error`: this deploy surely did nothing (it never went live); `failure`: it may have.
+                nothing = isinstance(exc, DeployError) and exc.changed is False
+                step = journal.steps[-1].name if journal.steps else "deploy"
+                close_rollout(
+                    self.clients.repo,
+                    self._rollout,
+                    "error" if nothing else "failure",
+                    f"rollback failed: {step}" + (" (not deployed)" if nothing else ""),
+                    journal.run_url,
+                )
+            raise
+        writing.join(timeout=30)
+
+    def redeploy(
+        self, request: DeployRequest, resolution: Resolution, unfinished: UnfinishedRollout | None
+    ) -> DeployResult:
+        """Seed 3.2: the image by digest replaces the unstable one, through the environment's deploy target."""
+        journal = self.journal
+        # Resolving asked the target first which version runs: not asked twice (a resumed rollout asks it now).
+        said = resolution.running if resolution.running_from_target else None
+        with journal.step("deploy") as step:
+            result = deploy(self.clients.target, request, said, asked=unfinished is None)
             step.detail = result.detail
             step.state = "skipped" if result.skipped else "completed"
             if result.link:
-                record.links["deploy"] = result.link
+                journal.links["deploy"] = result.link
             if not result.confirmed:
-                record.warn(f"deploy not confirmed by {result.target}: {result.detail}")
-        _verify(config, record)
-        writing.join(timeout=30)
-    except Exception as exc:
-        writing.join(timeout=30)
-        if rollout is not None:
-            # `error`: this deploy surely did nothing (it never went live); `failure`: it may have.
-            nothing = isinstance(exc, DeployError) and exc.changed is False
-            close_rollout(
-                config,
-                service,
-                rollout,
-                "error" if nothing else "failure",
-                f"rollback failed: {record.steps[-1].name}" + (" (not deployed)" if nothing else ""),
-                record.run_url,
+                journal.warn(f"deploy not confirmed by {result.target}: {result.detail}")
+        return result
+
+    def check(self) -> None:
+        """Seed 3.3: health endpoints, then the error rate, then the key features."""
+        journal, settings = self.journal, self.scope.settings
+        with journal.step("health-check") as step:
+            report = check_health(settings.health)
+            journal.healthy_at = utcnow()
+            journal.health_summary = report.summary()
+            step.detail = report.verdict.reason
+        if settings.metric is not None:
+            with journal.step("metric-check") as step:
+                journal.metric_summary = check_metric(settings.metric)
+                step.detail = journal.metric_summary[0] if journal.metric_summary else ""
+        if settings.smoke:
+            with journal.step("smoke-checks") as step:
+                journal.smoke_summary = check_smoke(settings.smoke)
+                step.detail = journal.smoke_summary[0] if journal.smoke_summary else ""
+
+    def recovered(
+        self,
+        request: DeployRequest,
+        resolution: Resolution,
+        image: ImageCheck,
+        result: DeployResult,
+        unfinished: UnfinishedRollout | None,
+    ) -> None:
+        """Healthy: record the rollout's success and the bad version, let the target clean up, tell everyone."""
+        journal, repo = self.journal, self.clients.repo
+        journal.outcome = "recovered"
+        if self._rollout is not None:
+            close_rollout(repo, self._rollout, "success", f"rollback to {resolution.short}: healthy", journal.run_url)
+        rolled_back_from = resolution.running if resolution.running != resolution.sha else None
+        # A resumed rollout was deployed by the run that died: its version was rolled back from all the same.
+        if rolled_back_from and (not result.skipped or unfinished) and journal.trigger != "drill":
+            # The version rolled back from must never be chosen as a last known good (drills roll back healthy ones).
+            mark_rolled_back(
+                repo, request.environment, rolled_back_from, journal.reason, resolution.running_deployment_id
             )
-        raise
-    record.outcome = "recovered"
-    if rollout is not None:
-        close_rollout(config, service, rollout, "success", f"rollback to {resolution.short}: healthy", record.run_url)
-    rolled_back_from = resolution.running if resolution.running != resolution.sha else None
-    # A resumed rollout was deployed by the run that died: its version was rolled back from all the same.
-    if rolled_back_from and (not result.skipped or unfinished) and record.trigger != "drill":
-        # The version rolled back from must never be chosen as a last known good (drills roll back healthy ones).
-        mark_rolled_back(
-            config, service, environment, rolled_back_from, record.reason, resolution.running_deployment_id
+        if not result.skipped:
+            cleanup = finish_deploy(self.clients.target, result)
+            if cleanup and cleanup.startswith("clean-up failed"):
+                journal.warn(cleanup)
+        ttr = journal.time_to_recovery or 0.0
+        get_run_logger().info(
+            "recovered: %s/%s runs %s, time to recovery %.1f s",
+            request.service,
+            request.environment,
+            resolution.short,
+            ttr,
         )
-    if not result.skipped:
-        cleanup = finish_deploy(config, request, result)
-        if cleanup and cleanup.startswith("clean-up failed"):
-            record.warn(cleanup)
-
-    ttr = record.time_to_recovery or 0.0
-    get_run_logger().info(
-        "recovered: %s/%s runs %s, time to recovery %.1f s", service, environment, resolution.short, ttr
-    )
-    slack.recovered(resolution.sha, image.digest, ttr, result.link)
+        self.slack.recovered(resolution.sha, image.digest, ttr, result.link)
 
 
-def _unfinished(config: RunbookConfig, record: Journal, options: _Options) -> UnfinishedRollout | None:
-    """The unfinished rollout to follow, if any: not when a person asked for another version explicitly."""
-    try:
-        found = find_unfinished_rollout(config, record.service, record.environment)
-    except RunbookError as exc:
-        record.warn(f"could not check for an unfinished rollback: {describe_error(exc)}")
-        return None
-    if found is None:
-        return None
-    wanted = options.sha.strip().lower() if options.sha else None
-    if wanted and not found.sha.startswith(wanted):
-        record.warn(
-            f"rollback {found.rollback_id} to {found.sha[:7]} never finished; {wanted[:7]} was asked for explicitly"
-        )
-        return None
-    record.note(f"resuming rollback {found.rollback_id} to {found.sha[:7]} (recorded {found.created_at:%H:%M:%S})")
-    return found
-
-
-def _verify(config: RunbookConfig, record: Journal) -> None:
-    """Seed 3.3: health endpoints, then the error rate, then the key features."""
-    service, environment = record.service, record.environment
-    with record.step("health-check") as step:
-        report = check_health(config, service, environment)
-        record.healthy_at = utcnow()
-        record.health_summary = report.summary()
-        step.detail = report.verdict.reason
-    env = config.environment(service, environment)
-    if env.metric is not None:
-        with record.step("metric-check") as step:
-            record.metric_summary = check_metric(config, service, environment)
-            step.detail = record.metric_summary[0] if record.metric_summary else ""
-    if env.smoke:
-        with record.step("smoke-checks") as step:
-            record.smoke_summary = check_smoke(config, service, environment)
-            step.detail = record.smoke_summary[0] if record.smoke_summary else ""
-
-
-def _rollout_id(opening: PrefectFuture[int | None] | None, record: Journal) -> int | None:
+def _rollout_id(opening: PrefectFuture[int | None] | None, journal: Journal) -> int | None:
     """The GitHub deployment id the record was opened with, or None (never fails the rollback)."""
     if opening is None:
         return None
     outcome = opening.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
-        record.warn(f"GitHub deployment record: {describe_error(outcome)}")
+        journal.warn(f"GitHub deployment record: {describe_error(outcome)}")
         return None
     return outcome
 
 
-def _refused(record: Journal, exc: RunbookError) -> None:
+def _refused(journal: Journal, exc: RunbookError) -> None:
     """A run refused on its parameters before it began: the post-mortem says why; nothing was posted or changed."""
-    record.fail("resolve-sha", describe_error(exc))
-    record.ended_at = utcnow()
-    write_postmortem(record)
+    journal.fail("resolve-sha", describe_error(exc))
+    journal.ended_at = utcnow()
+    write_postmortem(journal)
 
 
 def _run_url() -> str | None:

@@ -13,28 +13,34 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from runbook.errors import ConfigError, SecretError
+from runbook.errors import ConfigError
+from runbook.messages import Language
 from runbook.settings_base import (
     MAX_INTERVAL_SECONDS,
     MAX_REQUEST_SECONDS,
     MAX_WAIT_SECONDS,
     Settings,
     UrlStr,
-    dotted_path,
-    http_url,
+    sha_path,
 )
-from runbook.verification import MetricCheck, SmokeCheck
+
+# Parts of the configuration kept beside the code that uses them; `X as X`: still importable from here.
+from runbook.settings_base import SecretRef as SecretRef
+from runbook.targets.docker_settings import DockerTarget as DockerTarget
+from runbook.targets.github_actions_settings import GitHubActionsTarget as GitHubActionsTarget
+from runbook.targets.webhook_settings import WebhookTarget as WebhookTarget
+from runbook.verification_settings import MetricCheck as MetricCheck
+from runbook.verification_settings import SmokeCheck as SmokeCheck
 
 DEFAULT_CONFIG_PATH = "runbook.yaml"
 CONFIG_ENV_VAR = "RUNBOOK_CONFIG"
@@ -47,43 +53,7 @@ _REGISTRY_HOST = re.compile(r"([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\
 _Model = Settings
 
 
-def _dotted_path(value: str) -> str:
-    return dotted_path(value, "'sha' or 'build.sha'")
-
-
-_ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-_BLOCK_NAME = re.compile(r"[a-z0-9-]+")
-# How known credentials start (GitHub, Slack, GitLab, AWS, OpenAI/Stripe, Standard Webhooks, JWTs, PEM keys), or
-# a URL (a Slack incoming webhook is one).
-_CREDENTIAL = re.compile(
-    r"gh[pousr]_|github_pat_|xox[abepors]-|xapp-|glpat-|sk-\w|sk_live_|sk_test_|rk_live_|whsec_|eyJ|-----BEGIN"
-    r"|(AKIA|ASIA)[A-Z0-9]{16}$|\w+://"
-)
 MIN_ALERT_TOKEN_LENGTH = 16
-
-
-def looks_like_credential(value: str) -> bool:
-    """Whether a reference's value is more likely a secret than a name: a known prefix, or random-looking."""
-    if _CREDENTIAL.match(value.strip()):
-        return True
-    if len(value) < 16 or not re.search(r"[0-9]", value):
-        return False
-    # Names are upper-case (variables) or lower-case (blocks) words; keys mix cases and digits, or run long.
-    mixed = bool(re.search(r"[a-z]", value)) and bool(re.search(r"[A-Z]", value))
-    return mixed or re.search(r"[A-Za-z0-9+/=]{32}", value) is not None
-
-
-def _reference(value: str, name: re.Pattern[str], what: str, rule: str) -> None:
-    """Refuse a reference that is not a name; never repeat it (it may be the secret)."""
-    if looks_like_credential(value):
-        raise ValueError(
-            f"looks like a credential, not the name of {what}: keep the secret in {what} and write its name "
-            "here; if it is a real secret, rotate it"
-        )
-    if not value:
-        raise ValueError(f"is empty: give the name of {what} ({rule})")
-    if not name.fullmatch(value):
-        raise ValueError(f"must be the name of {what} ({rule})")
 
 
 def check_alert_token(token: str, where: str) -> None:
@@ -95,76 +65,6 @@ def check_alert_token(token: str, where: str) -> None:
             f"alerts.token: the token in {where} is shorter than {MIN_ALERT_TOKEN_LENGTH} characters",
             hint="set a long random value there, e.g. the output of `openssl rand -hex 32`",
         )
-
-
-class SecretRef(_Model):
-    """Where a secret lives: an environment variable or a Prefect Secret block, never its value."""
-
-    env: str | None = None
-    prefect_secret: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            kind, sep, name = value.partition(":")
-            if sep and kind == "env":
-                return {"env": name}
-            if sep and kind in ("prefect-secret", "prefect_secret"):
-                return {"prefect_secret": name}
-            raise ValueError(
-                "secrets are referenced, never written in the file: use {env: VAR_NAME} or "
-                "{prefect_secret: block-name} (or the short forms 'env:VAR_NAME', 'prefect-secret:block-name')"
-            )
-        return value
-
-    # No message below repeats the value: what fails here is, as often as not, the secret itself pasted in.
-    @field_validator("env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            _reference(value, _ENV_VAR_NAME, "an environment variable", "A-Z, 0-9 and _, e.g. GITHUB_TOKEN")
-        return value
-
-    @field_validator("prefect_secret")
-    @classmethod
-    def _block_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            _reference(value, _BLOCK_NAME, "a Prefect Secret block", "a-z, 0-9 and -, e.g. slack-bot-token")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.prefect_secret is None):
-            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
-        return self
-
-    def describe(self) -> str:
-        """Where to look, for messages: `environment variable GITHUB_TOKEN`."""
-        if self.env is not None:
-            return f"environment variable {self.env}"
-        return f"Prefect Secret block {self.prefect_secret!r}"
-
-    def reveal(self) -> SecretStr:
-        """Read the secret now; a missing one is a SecretError naming where it was looked for."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if not value:
-                raise SecretError(
-                    f"the secret in {self.describe()} is not set",
-                    hint=f"export {self.env}=... in the environment of the worker, or change the reference",
-                )
-            return SecretStr(value)
-        from prefect.blocks.system import Secret
-
-        try:
-            block = cast(Secret[str], Secret.load(str(self.prefect_secret)))  # sync context: not a coroutine
-        except ValueError as exc:
-            raise SecretError(
-                f"the {self.describe()} cannot be loaded",
-                hint="create it in the Prefect UI (Blocks > Secret) or with `prefect block create secret`",
-            ) from exc
-        return SecretStr(str(block.get()))
 
 
 class GitHubSettings(_Model):
@@ -183,7 +83,7 @@ class SlackSettings(_Model):
     webhook_url: SecretRef | None = Field(
         default=None, description="incoming webhook, used when no bot token is set: no thread, no updates"
     )
-    language: Literal["fr", "en"] = "fr"
+    language: Language = "fr"
     timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_REQUEST_SECONDS)
 
 
@@ -212,110 +112,20 @@ class RegistrySettings(_Model):
         return self
 
 
-class GitHubActionsTarget(_Model):
-    """Deploy by dispatching the application's `rollback-production` workflow, as the seed does by hand."""
+_DeployKind = TypeVar("_DeployKind", GitHubActionsTarget, DockerTarget, WebhookTarget)
 
-    type: Literal["github-actions"]
-    workflow: str = "rollback-production.yml"
-    ref: str | None = Field(default=None, description="branch the workflow runs from; default the service branch")
-    sha_input: str = "sha"
-    digest_input: str | None = Field(
-        default="digest", description="input that carries the verified image digest; null if the workflow has none"
-    )
-    rollback_id_input: str | None = Field(
-        default="rollback_id",
-        description="input carrying the rollback id, shown in the run-name so a run can be found again; null if none",
-    )
-    poll_interval_seconds: float = Field(default=5.0, gt=0, le=MAX_INTERVAL_SECONDS)
-    timeout_seconds: float = Field(default=1800.0, gt=0, le=MAX_WAIT_SECONDS)
-    lookup_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        le=600,
-        description="after a dispatch whose answer was lost: how long to look for its run before saying none exists",
-    )
-    unreadable_status_seconds: float = Field(
-        default=120.0,
-        gt=0,
-        le=3600,
-        description="how long the workflow run's status may stay unreadable before the health check decides",
-    )
-
-
-class DockerTarget(_Model):
-    """Deploy on a Docker engine: pull by digest, replace the container keeping its configuration."""
-
-    type: Literal["docker"]
-    host: str | None = Field(default=None, description="unix:///... or tcp://...; default $DOCKER_HOST")
-    container: str | None = Field(default=None, description="name of the service's container")
-    label: str | None = Field(default=None, description="or a label selecting it, e.g. 'com.acme.service=shop'")
-    sha_label: str = Field(
-        default="org.opencontainers.image.revision", description="image/container label holding the commit SHA"
-    )
-    stop_timeout_seconds: int = Field(default=10, ge=0, le=MAX_REQUEST_SECONDS)
-    start_timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_INTERVAL_SECONDS)
-
-    @model_validator(mode="after")
-    def _selector(self) -> DockerTarget:
-        if (self.container is None) == (self.label is None):
-            raise ValueError("give exactly one of 'container' (a name) or 'label' (key=value)")
-        if self.label is not None and "=" not in self.label:
-            raise ValueError("'label' must be key=value, e.g. 'com.acme.service=shop'")
-        return self
-
-
-class WebhookTarget(_Model):
-    """Deploy by a signed POST to a deploy API; optionally poll a status URL until it is done."""
-
-    type: Literal["webhook"]
-    url: str
-    secret: SecretRef | None = Field(
-        default=None,
-        description="HMAC-SHA256 key signing id, timestamp and body (Standard Webhooks; whsec_<base64> or a plain "
-        "string)",
-    )
-    signature_header: str | None = Field(
-        default="X-Runbook-Signature-256",
-        description="also sign the body alone in this header (sha256=<hex>), for receivers written before the "
-        "webhook-signature header; replayable; null drops it",
-    )
-    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_REQUEST_SECONDS)
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    status_url: str | None = Field(default=None, description="polled until done; {id} is the deploy id answered")
-    poll_interval_seconds: float = Field(default=2.0, gt=0, le=MAX_INTERVAL_SECONDS)
-    deadline_seconds: float = Field(default=600.0, gt=0, le=MAX_WAIT_SECONDS)
-    version_url: str | None = Field(
-        default=None, description="GET answers JSON naming the commit running now; the most trusted source"
-    )
-    version_field: str = Field(default="sha", description="dotted path of the SHA in version_url's answer")
-
-    @field_validator("url", "status_url", "version_url")
-    @classmethod
-    def _http(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
-
-    @field_validator("version_field")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        return _dotted_path(value)
-
-
-DeployTarget = Annotated[GitHubActionsTarget | DockerTarget | WebhookTarget, Field(discriminator="type")]
+DeploySettings = Annotated[GitHubActionsTarget | DockerTarget | WebhookTarget, Field(discriminator="type")]
+"""Where and how an environment is deployed: one settings model per deploy target, chosen by `type`."""
 
 
 class Probe(_Model):
     """One HTTP health endpoint and what a healthy answer looks like."""
 
-    url: str
+    url: UrlStr
     name: str | None = None
     method: Literal["GET", "HEAD"] = "GET"
     expect_status: int = Field(default=200, ge=100, le=599)
     contains: str | None = Field(default=None, description="text the body must contain")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        return http_url(value)
 
     @property
     def label(self) -> str:
@@ -335,20 +145,15 @@ class HealthSettings(_Model):
 class VersionProbe(_Model):
     """A GET of the service that tells which commit it runs: a JSON field or a response header."""
 
-    url: str
+    url: UrlStr
     json_field: str | None = Field(default=None, description="dotted path of the SHA in the JSON answer; default sha")
     header: str | None = Field(default=None, description="or a response header holding the SHA, e.g. X-Version")
     timeout_seconds: float = Field(default=3.0, gt=0, le=30)
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        return http_url(value)
-
     @field_validator("json_field")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
-        return None if value is None else _dotted_path(value)
+        return None if value is None else sha_path(value)
 
     @model_validator(mode="after")
     def _one_place(self) -> VersionProbe:
@@ -367,7 +172,7 @@ class ScheduleSettings(_Model):
 class EnvironmentSettings(_Model):
     """One environment of a service: where it is deployed and how it is checked."""
 
-    deploy: DeployTarget
+    deploy: DeploySettings
     health: HealthSettings
     url: UrlStr | None = Field(default=None, description="public URL, linked in messages")
     metric: MetricCheck | None = Field(default=None, description="error-rate check after the probes (Prometheus)")
@@ -493,6 +298,17 @@ class RunbookConfig(_Model):
                 f"unknown environment {environment!r} for service {service!r}",
                 hint=f"choose one of {sorted(envs)} or add it under services.{service}.environments",
             ) from None
+
+    def deploy_settings(self, service: str, environment: str, kind: type[_DeployKind]) -> _DeployKind:
+        """The deploy settings of an environment, which the caller expects to be of `kind` (else a ConfigError)."""
+        settings = self.environment(service, environment).deploy
+        if not isinstance(settings, kind):
+            raise ConfigError(
+                f"services.{service}.environments.{environment}.deploy is of type {settings.type!r}, "
+                f"not the settings of a {kind.__name__}",
+                hint="build the deploy target with runbook.targets.build_target, which picks it by type",
+            )
+        return settings
 
     def registry(self, host: str) -> RegistrySettings | None:
         """The settings for a registry host, if any."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runbook.verification import MetricReport, SmokeReport
+    from runbook.health import MetricReport, SmokeReport
 
 
 class RunbookError(Exception):

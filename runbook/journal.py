@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.incident import AlertContext
 
 
 def utcnow() -> datetime:
@@ -42,7 +42,7 @@ class Journal:
     started_at: datetime
     dry_run: bool = False
     run_url: str | None = None
-    alert: dict[str, Any] | None = None  # name, labels, link of the alert that started the run
+    alert: AlertContext | None = None  # the alert that started the run (from the flow run's context)
     attempt: int = 1  # the flow run's attempt: above 1 after a Retry
     from_sha: str | None = None
     running_source: str | None = None  # where from_sha was read: "version probe", "GitHub Deployments"...
@@ -67,10 +67,7 @@ class Journal:
 
     def alert_line(self) -> str | None:
         """`name (link)` of the triggering alert, for messages."""
-        if not self.alert:
-            return None
-        name = str(self.alert.get("name") or "alert")
-        return f"{name} ({self.alert['link']})" if self.alert.get("link") else name
+        return self.alert.line() if self.alert else None
 
     def note(self, event: str) -> None:
         """Add a line to the timeline, stamped now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from runbook.journal import Journal
@@ -30,12 +31,34 @@ def artifact_key(service: str, environment: str, suffix: str = "") -> str:
 
 def render_markdown(record: Journal) -> str:
     """The whole post-mortem as Markdown: summary, versions, trigger, timeline, recovery, health, links."""
-    outcome = {
+    lines: list[str] = []
+    for section in _SECTIONS:
+        lines += section(record)
+    return "\n".join(lines) + "\n"
+
+
+def _outcome(record: Journal) -> str:
+    return {
         "recovered": "Recovered",
         "failed": f"FAILED at step `{record.failure_step}`",
         "dry-run": "Dry run (nothing changed)",
         "running": "Unfinished",
     }.get(record.outcome, record.outcome)
+
+
+def _bullets(items: Iterable[str], empty: str | None = None) -> list[str]:
+    """`- item` lines, or the single `- empty` line when there is no item and `empty` is given."""
+    lines = [f"- {item}" for item in items]
+    return lines or ([f"- {empty}"] if empty is not None else [])
+
+
+def _optional(title: str, items: Sequence[str]) -> list[str]:
+    """A section that appears only when it has something to list."""
+    return ["", f"## {title}", *_bullets(items)] if items else []
+
+
+def _summary(record: Journal) -> list[str]:
+    outcome = _outcome(record)
     ttr = record.time_to_recovery
     lines = [
         f"# Rollback of `{record.service}` in `{record.environment}`: {outcome}",
@@ -53,59 +76,104 @@ def render_markdown(record: Journal) -> str:
     ]
     if record.attempt > 1:
         lines.append(f"- **Attempt:** {record.attempt} (the run was retried; the SHA, thread and deploy were reused)")
-    if record.alert:
-        labels = ", ".join(f"`{k}={v}`" for k, v in sorted((record.alert.get("labels") or {}).items()))
-        lines += [
-            "",
-            "## Alert",
-            f"- **Name:** {record.alert.get('name') or '-'}",
-            f"- **Labels:** {labels or '-'}",
-            f"- **Link:** {record.alert.get('link') or '-'}",
-            f"- **Started at:** {record.alert.get('starts_at') or _ts(record.detected_at)}",
-        ]
-    lines += [
+    return lines
+
+
+def _alert(record: Journal) -> list[str]:
+    alert = record.alert
+    if alert is None:
+        return []
+    labels = ", ".join(f"`{k}={v}`" for k, v in sorted(alert.labels.items()))
+    return [
+        "",
+        "## Alert",
+        f"- **Name:** {alert.name or '-'}",
+        f"- **Labels:** {labels or '-'}",
+        f"- **Link:** {alert.link or '-'}",
+        f"- **Started at:** {_ts(alert.starts_at)}",
+    ]
+
+
+def _versions(record: Journal) -> list[str]:
+    source = f"<br>read from: {record.running_source}" if record.running_source else ""
+    image = f"`{record.image}`" if record.image else "-"
+    digest = f"`{record.digest}`" if record.digest else ""
+    return [
         "",
         "## Versions",
         "| | commit | image |",
         "|---|---|---|",
-        f"| from (running before) | {_sha(record.from_sha)}"
-        f"{f'<br>read from: {record.running_source}' if record.running_source else ''} | - |",
-        f"| to (rolled back to) | {_sha(record.to_sha)} | {f'`{record.image}`' if record.image else '-'}"
-        f"<br>{f'`{record.digest}`' if record.digest else ''} |",
+        f"| from (running before) | {_sha(record.from_sha)}{source} | - |",
+        f"| to (rolled back to) | {_sha(record.to_sha)} | {image}<br>{digest} |",
         "",
         f"Target chosen by: {record.sha_source or '-'}",
-        "",
-        "## Timeline",
     ]
+
+
+def _timeline(record: Journal) -> list[str]:
     events = [(record.detected_at, "incident detected"), (record.started_at, "rollback run started"), *record.timeline]
     if record.healthy_at:
         events.append((record.healthy_at, "**service healthy again**"))
     if record.ended_at:
         events.append((record.ended_at, "run ended"))
     # In time order; the sort is stable, so events of the same instant keep the order they happened in.
-    lines += [f"- {_ts(moment)} {event}" for moment, event in sorted(events, key=lambda item: item[0])]
-    lines += ["", "## Steps", "| step | state | seconds | detail |", "|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.state} | {s.seconds:.2f} | {s.detail.replace('|', '/') or '-'} |" for s in record.steps]
-    lines += ["", "## Health results"]
-    lines += [f"- {line}" for line in record.health_summary] or ["- no health check ran"]
-    if record.metric_summary:
-        lines += ["", "## Error rate (metric check)"]
-        lines += [f"- {line}" for line in record.metric_summary]
-    if record.smoke_summary:
-        lines += ["", "## Smoke checks (key features)"]
-        lines += [f"- {line}" for line in record.smoke_summary]
-    if record.approval:
-        lines += ["", "## Approval", f"- approved by {record.approval}"]
-    lines += ["", "## Retries"]
-    lines += [f"- {line}" for line in record.retries] or ["- none: every call answered the first time"]
-    if record.warnings:
-        lines += ["", "## Warnings"]
-        lines += [f"- {w}" for w in record.warnings]
-    lines += ["", "## Links"]
-    lines += [f"- {name}: {url}" for name, url in record.links.items()] or ["- none"]
-    lines += ["", "## Review checklist"]
-    lines += [f"- [ ] {item}" for item in REVIEW_CHECKLIST]
-    return "\n".join(lines) + "\n"
+    in_order = sorted(events, key=lambda item: item[0])
+    return ["", "## Timeline", *_bullets(f"{_ts(moment)} {event}" for moment, event in in_order)]
+
+
+def _steps(record: Journal) -> list[str]:
+    rows = [f"| {s.name} | {s.state} | {s.seconds:.2f} | {s.detail.replace('|', '/') or '-'} |" for s in record.steps]
+    return ["", "## Steps", "| step | state | seconds | detail |", "|---|---|---|---|", *rows]
+
+
+def _health(record: Journal) -> list[str]:
+    return ["", "## Health results", *_bullets(record.health_summary, "no health check ran")]
+
+
+def _metric(record: Journal) -> list[str]:
+    return _optional("Error rate (metric check)", record.metric_summary)
+
+
+def _smoke(record: Journal) -> list[str]:
+    return _optional("Smoke checks (key features)", record.smoke_summary)
+
+
+def _approval(record: Journal) -> list[str]:
+    return ["", "## Approval", f"- approved by {record.approval}"] if record.approval else []
+
+
+def _retries(record: Journal) -> list[str]:
+    return ["", "## Retries", *_bullets(record.retries, "none: every call answered the first time")]
+
+
+def _warnings(record: Journal) -> list[str]:
+    return _optional("Warnings", record.warnings)
+
+
+def _links(record: Journal) -> list[str]:
+    return ["", "## Links", *_bullets((f"{name}: {url}" for name, url in record.links.items()), "none")]
+
+
+def _checklist(record: Journal) -> list[str]:
+    return ["", "## Review checklist", *(f"- [ ] {item}" for item in REVIEW_CHECKLIST)]
+
+
+# The post-mortem's sections, in the order they are written.
+_SECTIONS: tuple[Callable[[Journal], list[str]], ...] = (
+    _summary,
+    _alert,
+    _versions,
+    _timeline,
+    _steps,
+    _health,
+    _metric,
+    _smoke,
+    _approval,
+    _retries,
+    _warnings,
+    _links,
+    _checklist,
+)
 
 
 def timings_table(record: Journal) -> list[dict[str, str | float]]:

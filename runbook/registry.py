@@ -368,15 +368,7 @@ class RegistryClient:
         wanted = parse_platform(require_platform) if require_platform is not None else None
         path = f"/v2/{ref.repository}/manifests/{ref.tag}"
         response = self._send_authorized("HEAD", ref, path)
-        if response.status_code == 404:
-            raise self._not_found(ref)
-        if response.status_code in (401, 403):
-            raise self._access_error(ref, response.status_code)
-        if response.status_code != 200:
-            raise RegistryError(
-                f"registry {ref.registry} answered HTTP {response.status_code} to the check of {ref}",
-                hint="check the registry URL and its status, then retry",
-            )
+        self._check_answer(ref, response, "the check", hint="check the registry URL and its status, then retry")
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         size = _content_length(response)
         digest = response.headers.get("Docker-Content-Digest", "").strip()
@@ -415,16 +407,21 @@ class RegistryClient:
     def _manifest_get(self, ref: ImageRef, path: str) -> httpx.Response:
         """GET a manifest; 404, 401/403 and other non-200 answers become the matching errors."""
         response = self._send_authorized("GET", ref, path)
-        if response.status_code == 404:
-            raise self._not_found(ref)
-        if response.status_code in (401, 403):
-            raise self._access_error(ref, response.status_code)
-        if response.status_code != 200:
-            raise RegistryError(
-                f"registry {ref.registry} answered HTTP {response.status_code} to the manifest GET of {ref}",
-                hint="check the registry's status, then retry",
-            )
+        self._check_answer(ref, response, "the manifest GET", hint="check the registry's status, then retry")
         return response
+
+    def _check_answer(self, ref: ImageRef, response: httpx.Response, request: str, *, hint: str) -> None:
+        """A manifest request's answer other than 200 as its error: not found, access refused, or HTTP <status>.
+
+        `request` names it in the message (`the check`: registry ... answered HTTP 502 to the check of <ref>).
+        """
+        status = response.status_code
+        if status == 404:
+            raise self._not_found(ref)
+        if status in (401, 403):
+            raise self._access_error(ref, status)
+        if status != 200:
+            raise RegistryError(f"registry {ref.registry} answered HTTP {status} to {request} of {ref}", hint=hint)
 
     def _get_manifest(self, ref: ImageRef, digest: str) -> bytes:
         """The exact bytes of manifest `digest` in `ref`'s repository, checked against that digest."""

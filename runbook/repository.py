@@ -289,8 +289,3 @@ def web_url(settings: GitHubSettings, repository: str) -> str:
     if base.endswith("/api/v3"):
         return f"{base.removesuffix('/api/v3')}/{repository}"
     return f"{base}/{repository}"
-
-
-def compare_url(settings: GitHubSettings, repository: str, base: str, head: str) -> str:
-    """The web page of the changes between two commits (built, not fetched)."""
-    return f"{web_url(settings, repository)}/compare/{base[:12]}...{head[:12]}"

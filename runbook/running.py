@@ -52,6 +52,7 @@ class RunningVersion:
     source: str  # "docker container label", "webhook version endpoint", "version probe", "GitHub Deployments"...
     authoritative: bool  # the service or its deploy target said so (not merely a record in GitHub)
     deployment_id: int | None = None  # the GitHub deployment found running (source GitHub Deployments only)
+    from_target: bool = False  # the deploy target itself said so
 
 
 def never_went_live(states: Sequence[str]) -> bool:
@@ -137,7 +138,7 @@ def find_running(
     reported = target.current_version()
     sha = _full(repo, reported, source, warn)
     if sha:
-        return RunningVersion(sha, source, authoritative=True)
+        return RunningVersion(sha, source, authoritative=True, from_target=True)
     deploy = settings.deploy
     if reported is None and isinstance(deploy, WebhookTarget) and deploy.version_url:
         warn(

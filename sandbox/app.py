@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from sandbox.threaded import ThreadedHTTPServer
 
-class SandboxApp:
-    """An HTTP app on 127.0.0.1: healthy on good versions, answering 500 on the broken ones."""
+
+class SandboxApp(ThreadedHTTPServer):
+    """An HTTP app on 127.0.0.1: healthy on good versions, answering 500 on the broken ones (`url` once started)."""
+
+    _thread_name = "sandbox-app"
 
     def __init__(self, *, version: str, broken: set[str] | None = None) -> None:
+        super().__init__()
         self.version = version
         self.broken = set(broken or ())
         self.deploys: list[str] = []
         self.deploy_requests: list[dict[str, Any]] = []  # the bodies POSTed to /deploy, in order
+        self.version_reads = 0  # GET /version answered
         self._lock = threading.Lock()
+
+    def deploy(self, version: str) -> None:
+        """Switch the running version (what the sandbox's rollback workflow does)."""
+        with self._lock:
+            self.version = version
+            self.deploys.append(version)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +52,8 @@ class SandboxApp:
                 elif self.path == "/":
                     status, body = (200 if healthy else 500), {"service": "shop", "version": version}
                 elif self.path == "/version":
+                    with app._lock:
+                        app.version_reads += 1
                     # What a version probe reads: the full SHA, and a short one nested as build tools write it.
                     status, body = 200, {"service": "shop", "sha": version, "build": {"sha": version[:7]}}
                 else:
@@ -73,34 +89,4 @@ class SandboxApp:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def deploy(self, version: str) -> None:
-        """Switch the running version (what the sandbox's rollback workflow does)."""
-        with self._lock:
-            self.version = version
-            self.deploys.append(version)
-
-    def start(self) -> SandboxApp:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-app", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> SandboxApp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return Handler

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from sandbox.fixtures import load_fixture
+from sandbox.threaded import HOST, ThreadedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, standin: GitHubStandIn) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__((HOST, 0), _Handler)
         self.standin = standin
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -284,8 +284,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Stay quiet: tests and the demo print what matters themselves."""
 
 
-class GitHubStandIn:
+class GitHubStandIn(ThreadedHTTPServer):
     """A local, stateful GitHub API: repositories, commits, deployments and workflow dispatches."""
+
+    _thread_name = "github-standin"
 
     def __init__(
         self,
@@ -294,6 +296,7 @@ class GitHubStandIn:
         run_step_seconds: float = 0.2,
         on_workflow_run: Callable[[WorkflowRunRequest], str] | None = None,
     ) -> None:
+        super().__init__()
         self._token = token
         self.run_step_seconds = run_step_seconds  # public: tests slow a run down
         self._on_workflow_run = on_workflow_run
@@ -307,8 +310,6 @@ class GitHubStandIn:
         self._used = 0
         self._reset = int(time.time()) + 3600
         self._requests: list[RecordedRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._run_threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         repo = r"^/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
@@ -334,49 +335,28 @@ class GitHubStandIn:
 
     # --- lifecycle ---
 
-    def start(self) -> GitHubStandIn:
+    def start(self) -> Self:
         """Start serving on an OS-chosen port; returns self."""
-        if self._server is None:
+        if not self.running:
             self._stopping.clear()
-            self._server = _Server(self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},  # so stop() returns in 50 ms, not 0.5 s
-                name="github-standin",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
         """Stop serving, stop advancing workflow runs and close the listening socket."""
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        super().stop()
         for thread in self._run_threads:
             # A run thread may be inside the deploy callback; do not hang the caller on it forever.
             thread.join(timeout=5)
         self._run_threads.clear()
 
-    def __enter__(self) -> GitHubStandIn:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`, what `Github(base_url=...)` expects."""
-        if self._server is None:
-            raise RuntimeError("GitHubStandIn is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        """`http://127.0.0.1:<port>`, what `Github(base_url=...)` expects; RuntimeError unless started."""
+        return self.url
 
     def set_down(self, down: bool) -> None:
         """While down, every request gets HTTP 503 (PyGithub retries 5xx unless `Github(retry=None)`)."""

@@ -1,6 +1,6 @@
 """A small instrumented service for the metric and smoke checks: Prometheus metrics, traffic, user paths.
 
-`MetricsApp` serves on 127.0.0.1 (a free port):
+`MetricsApp` serves on 127.0.0.1 (a free port, once started):
 
 - `/`: the page whose answers are counted in `http_requests_total{code="..."}`: 200, or 500 while `failing`;
 - `/metrics`: those counters in the Prometheus text format. As with most client libraries, a code's series
@@ -20,19 +20,24 @@ import http.client
 import json
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Self
+
+from sandbox.threaded import ThreadedHTTPServer
 
 CART = {"data": {"items": [{"id": 1}]}}
 LOGIN_PAGE = "<!doctype html><html><head><title>Shop</title></head><body><h1>Sign in</h1></body></html>"
 
 
-class MetricsApp:
+class MetricsApp(ThreadedHTTPServer):
     """An HTTP app on 127.0.0.1 exposing request counters, with a switch that makes it answer 500."""
+
+    _thread_name = "metrics-app"
 
     def __init__(self, *, failing: bool = False, traffic_per_second: float = 20.0) -> None:
         if not 0 <= traffic_per_second <= 100:
             raise ValueError("traffic_per_second must be between 0 (no traffic) and 100")
+        super().__init__()
         self._failing = failing
         self.traffic_per_second = traffic_per_second
         self.requests: Counter[str] = Counter()  # answers to `/` by status code, as in /metrics
@@ -40,7 +45,8 @@ class MetricsApp:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._traffic: threading.Thread | None = None
-        self._thread: threading.Thread | None = None
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,16 +74,7 @@ class MetricsApp:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return Handler
 
     @property
     def target(self) -> str:
@@ -143,28 +140,24 @@ class MetricsApp:
             finally:
                 connection.close()
 
-    def start(self) -> MetricsApp:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-app", daemon=True)
-        self._thread.start()
+    def start(self) -> Self:
+        """Serve (`url`, `port`, `target`) and, with `traffic_per_second`, request `/` steadily; returns self."""
+        if self.running:
+            return self
+        super().start()
+        self._stopping.clear()
         if self.traffic_per_second > 0:
             self._traffic = threading.Thread(target=self._generate_traffic, name="metrics-app-traffic", daemon=True)
             self._traffic.start()
         return self
 
     def stop(self) -> None:
+        """Stop the traffic, then the server; safe to call twice."""
         self._stopping.set()
-        if self._traffic is not None:
-            self._traffic.join(timeout=5)
-        if self._thread is not None:  # shutdown() waits for serve_forever(): only when it runs
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
-
-    def __enter__(self) -> MetricsApp:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        traffic, self._traffic = self._traffic, None
+        if traffic is not None:
+            traffic.join(timeout=5)
+        super().stop()
 
 
 def _json(status: int, body: Any) -> tuple[int, str, bytes]:

@@ -17,9 +17,7 @@ from typing import Any
 
 import httpx
 
-from sandbox.process import LocalServer, free_port
-
-_free_port = free_port  # tests import it from here
+from sandbox.process import LocalServer
 
 PROMETHEUS = "/usr/bin/prometheus"
 

@@ -22,11 +22,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox.fixtures import load_fixture
+from sandbox.threaded import HOST, ThreadedHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, standin: SlackStandIn) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__((HOST, 0), _Handler)
         self.standin = standin
 
 
@@ -106,8 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Stay quiet: tests and the demo print what matters themselves."""
 
 
-class SlackStandIn:
+class SlackStandIn(ThreadedHTTPServer):
     """A local Slack workspace: channels, threads of bot messages, rate limits and outages on demand."""
+
+    _thread_name = "slack-standin"
 
     def __init__(
         self,
@@ -116,6 +118,7 @@ class SlackStandIn:
         channels: dict[str, str] | None = None,
         echo: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__()
         self._token = token
         # Names are kept without "#": Slack accepts "#name" and "name" alike.
         given = channels if channels is not None else {"#incidents-prod": "C0INCIDENT1"}
@@ -131,48 +134,19 @@ class SlackStandIn:
         self._rate_limited = 0
         self._retry_after = 1
         self._last_us = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---
+    # --- lifecycle (start, stop, the context manager: ThreadedHTTPServer) ---
 
-    def start(self) -> SlackStandIn:
-        """Start serving on an OS-chosen port; returns self."""
-        if self._server is None:
-            self._server = _Server(self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},  # so stop() returns in 50 ms, not 0.5 s
-                name="slack-standin",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> SlackStandIn:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>/api/`, what `WebClient(base_url=...)` expects (it appends the method)."""
-        if self._server is None:
-            raise RuntimeError("SlackStandIn is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+        """`http://127.0.0.1:<port>/api/`, what `WebClient(base_url=...)` expects (it appends the method).
+
+        RuntimeError unless started.
+        """
+        return f"{self.url}/api/"
 
     # --- modes ---
 

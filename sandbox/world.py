@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
+import deployments
 from sandbox.app import SandboxApp
 from sandbox.github_standin import GitHubStandIn, WorkflowRunRequest
 from sandbox.registry import RegistryServer, push_image
@@ -28,7 +29,8 @@ ENVIRONMENT = "production"
 CHANNEL = "#incidents-prod"
 GITHUB_TOKEN_VAR = "RUNBOOK_SANDBOX_GITHUB_TOKEN"
 SLACK_TOKEN_VAR = "RUNBOOK_SANDBOX_SLACK_TOKEN"
-WORKFLOW_TEMPLATE = Path(__file__).resolve().parent.parent.parent / "deployments" / "github" / "rollback-production.yml"
+# The template shipped with the product (package data of `deployments`), as a user copies it.
+WORKFLOW_TEMPLATE = Path(deployments.__file__).resolve().parent / "github" / "rollback-production.yml"
 HISTORY = ("Initial shop", "Add cart", "Faster checkout", "New payment provider")
 
 

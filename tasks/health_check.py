@@ -1,96 +1,32 @@
-"""Step 4 (seed 3.3): the service answers healthy again, N rounds in a row, before a deadline."""
+"""Step 4 (seed 3.3): the service answers healthy again (probes), its error rate holds, its key features work."""
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import httpx
 from prefect import get_run_logger, task
 
-from runbook.config import HealthSettings, Probe, RunbookConfig
-from runbook.errors import HealthCheckError
-from runbook.health import ProbeResult, Verdict, judge
-from runbook.verification import run_metric_check, run_smoke_checks
+from runbook.config import HealthSettings, MetricCheck, SmokeCheck
+from runbook.probes import HealthReport, run_health_check
+from runbook.prometheus import run_metric_check
+from runbook.smoke import run_smoke_checks
 from tasks.policy import NO_CACHE
 
 
-@dataclass(frozen=True)
-class HealthReport:
-    """How the check went: the verdict, the rounds it took, and the last answers."""
-
-    verdict: Verdict
-    rounds: int
-    seconds: float
-    last_round: tuple[ProbeResult, ...]
-
-    def summary(self) -> list[str]:
-        lines = [f"{self.verdict.reason} in {self.seconds:.2f} s"]
-        lines += [
-            f"{r.probe}: {'ok' if r.ok else 'FAILED'} (HTTP {r.status if r.status is not None else '-'}, "
-            f"{r.seconds * 1000:.0f} ms){' ' + r.detail if r.detail else ''}"
-            for r in self.last_round
-        ]
-        return lines
-
-
-def probe_once(client: httpx.Client, probe: Probe, timeout: float) -> ProbeResult:
-    """One request to one probe; any failure is a result, never an exception."""
-    start = time.perf_counter()
-    try:
-        response = client.request(probe.method, probe.url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return ProbeResult(probe.label, False, None, time.perf_counter() - start, type(exc).__name__)
-    elapsed = time.perf_counter() - start
-    if response.status_code != probe.expect_status:
-        return ProbeResult(probe.label, False, response.status_code, elapsed, f"expected {probe.expect_status}")
-    if probe.contains is not None and probe.contains not in response.text:
-        return ProbeResult(probe.label, False, response.status_code, elapsed, f"body lacks {probe.contains!r}")
-    return ProbeResult(probe.label, True, response.status_code, elapsed)
-
-
-def run_health_check(settings: HealthSettings) -> HealthReport:
-    """Probe concurrently, round after round, until healthy or past the deadline (HealthCheckError)."""
-    start = time.monotonic()
-    deadline = start + settings.deadline_seconds
-    rounds: list[list[ProbeResult]] = []
-    with (
-        httpx.Client(follow_redirects=True) as client,
-        ThreadPoolExecutor(max_workers=min(8, len(settings.probes))) as pool,
-    ):
-        while True:
-            timeout = max(0.1, min(settings.probe_timeout_seconds, deadline - time.monotonic()))
-            results = list(pool.map(lambda p, t=timeout: probe_once(client, p, t), settings.probes))
-            rounds.append(results)
-            verdict = judge(rounds, settings.consecutive_successes)
-            report = HealthReport(verdict, len(rounds), time.monotonic() - start, tuple(results))
-            if verdict.healthy:
-                return report
-            if time.monotonic() + settings.interval_seconds >= deadline:
-                raise HealthCheckError(
-                    f"not healthy after {settings.deadline_seconds:.0f} s ({len(rounds)} rounds): {verdict.reason}",
-                    hint="the version was deployed but does not answer healthy",
-                )
-            time.sleep(settings.interval_seconds)
-
-
-@task(name="health-check", cache_policy=NO_CACHE, timeout_seconds=3600)
-def check_health(config: RunbookConfig, service_name: str, environment: str) -> HealthReport:
+# No Prefect timeouts on these steps (they could not interrupt a blocking call): each request is bounded by its
+# client's timeout, and each check by its own deadline from the settings.
+@task(name="health-check", cache_policy=NO_CACHE)
+def check_health(settings: HealthSettings) -> HealthReport:
     """Wait until every health probe passes the configured number of rounds in a row."""
-    settings = config.environment(service_name, environment).health
     report = run_health_check(settings)
     for line in report.summary():
         get_run_logger().info("health: %s", line)
     return report
 
 
-@task(name="metric-check", cache_policy=NO_CACHE, timeout_seconds=3600)
-def check_metric(config: RunbookConfig, service_name: str, environment: str) -> list[str]:
+@task(name="metric-check", cache_policy=NO_CACHE)
+def check_metric(check: MetricCheck) -> list[str]:
     """The error rate (a Prometheus query) stays under its threshold for the hold time; each sample is logged."""
-    check = config.environment(service_name, environment).metric
-    if check is None:
-        return []
     logger = get_run_logger()
     logger.info("metric check: %s < %s for %.0f s", check.promql, check.threshold, check.hold_seconds)
     report = run_metric_check(check)
@@ -99,13 +35,10 @@ def check_metric(config: RunbookConfig, service_name: str, environment: str) -> 
     return report.summary()
 
 
-@task(name="smoke-checks", cache_policy=NO_CACHE, timeout_seconds=600)
-def check_smoke(config: RunbookConfig, service_name: str, environment: str) -> list[str]:
+@task(name="smoke-checks", cache_policy=NO_CACHE)
+def check_smoke(checks: Sequence[SmokeCheck]) -> list[str]:
     """Key features answer as expected (the seed's manual validation, automated); all run, failures listed."""
-    checks = config.environment(service_name, environment).smoke
-    if not checks:
-        return []
-    report = run_smoke_checks(checks)
+    report = run_smoke_checks(list(checks))
     for line in report.summary():
         get_run_logger().info("smoke: %s", line)
     return report.summary()

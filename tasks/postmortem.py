@@ -10,7 +10,7 @@ from runbook.postmortem import artifact_key, render_markdown, timings_table
 from tasks.policy import NO_CACHE
 
 
-@task(name="write-postmortem", cache_policy=NO_CACHE, timeout_seconds=60)
+@task(name="write-postmortem", cache_policy=NO_CACHE)
 def write_postmortem(record: Journal) -> str:
     """Publish the post-mortem (Markdown) and the step timings (table) as Prefect artifacts."""
     key = artifact_key(record.service, record.environment)

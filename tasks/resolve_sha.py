@@ -9,13 +9,15 @@ from github.Repository import Repository
 from prefect import get_run_logger, task
 
 from runbook import repository as repo_api
-from runbook.config import RunbookConfig, ServiceSettings
+from runbook.clients import Scope
+from runbook.config import ServiceSettings
 from runbook.errors import AlreadyRunningError, NotOnBranchError, ShaError
+from runbook.registry import RegistryClient
 from runbook.running import UNKNOWN, RunningVersion, find_running
-from runbook.service_images import image_exists, registry_client
+from runbook.service_images import image_exists
 from runbook.shas import last_known_good_candidates, normalize_sha
-from runbook.targets import build_target
-from tasks.policy import RUN_ONCE
+from runbook.targets import DeployTarget
+from tasks.policy import run_once
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Resolution:
     running_source: str = UNKNOWN  # where `running` was read: "version probe", "GitHub Deployments"...
     running_authoritative: bool = False  # the service or its deploy target said so, not only a GitHub record
     running_deployment_id: int | None = None  # the GitHub deployment found running (GitHub Deployments only)
+    running_from_target: bool = False  # the deploy target itself said `running` (it was asked first)
 
     @property
     def short(self) -> str:
@@ -58,6 +61,7 @@ def resolve(
             running_source=current.source,
             running_authoritative=current.authoritative,
             running_deployment_id=current.deployment_id,
+            running_from_target=current.from_target,
         )
 
     if requested and requested.strip():
@@ -111,13 +115,13 @@ def resolve(
     return pick(parent, "first parent", warning)
 
 
-@task(name="resolve-sha", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=180)
-def resolve_sha(config: RunbookConfig, service_name: str, environment: str, requested: str | None) -> Resolution:
+@task(name="resolve-sha", cache_policy=run_once(exclude=("repo", "target", "registry")), persist_result=True)
+def resolve_sha(
+    scope: Scope, repo: Repository, target: DeployTarget, registry: RegistryClient, requested: str | None
+) -> Resolution:
     """Resolve the commit SHA to roll back to, and say how it was chosen."""
     logger = get_run_logger()
-    service = config.service(service_name)
-    repo = repo_api.connect(config.github, service.repository)
-    target = build_target(config, service_name, environment)
+    service, environment = scope.service, scope.environment
     # Why a more trusted source was skipped goes in the run's warnings (and so the post-mortem), too.
     warnings: list[str] = []
 
@@ -125,7 +129,7 @@ def resolve_sha(config: RunbookConfig, service_name: str, environment: str, requ
         logger.warning(message)
         warnings.append(message)
 
-    current = find_running(repo, environment, config.environment(service_name, environment), target, warn)
+    current = find_running(repo, environment, scope.settings, target, warn)
     logger.info(
         "running in %s: %s, read from %s%s",
         environment,
@@ -133,18 +137,14 @@ def resolve_sha(config: RunbookConfig, service_name: str, environment: str, requ
         current.source,
         "" if current.authoritative else " (what was recorded, not what the service says)",
     )
-    with registry_client(config) as registry:
-        resolution = resolve(
-            repo, service, environment, requested, current, lambda sha: image_exists(registry, service, sha)
-        )
+    resolution = resolve(
+        repo, service, environment, requested, current, lambda sha: image_exists(registry, service, sha)
+    )
     if resolution.warning:
         warn(resolution.warning)
     resolution = replace(resolution, warning="; ".join(warnings) or None)
     if resolution.running and resolution.running != resolution.sha:
-        resolution = replace(
-            resolution,
-            compare_url=repo_api.compare_url(config.github, service.repository, resolution.sha, resolution.running),
-        )
+        resolution = replace(resolution, compare_url=scope.compare_url(resolution.sha, resolution.running))
     logger.info(
         "rolling back %s/%s from %s (per %s) to %s (%s): %s",
         service.repository,

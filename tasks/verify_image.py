@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
-from runbook.config import RunbookConfig
-from runbook.service_images import find_image, registry_client
-from tasks.policy import RUN_ONCE
+from runbook.config import ServiceSettings
+from runbook.registry import RegistryClient
+from runbook.service_images import find_image
+from tasks.policy import run_once
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,9 @@ class ImageCheck:
         return f"{self.image.rsplit(':', 1)[0]}@{self.digest}"
 
 
-@task(name="verify-image", cache_policy=RUN_ONCE, persist_result=True, timeout_seconds=120)
-def verify_image(config: RunbookConfig, service_name: str, sha: str) -> ImageCheck:
+@task(name="verify-image", cache_policy=run_once(exclude="registry"), persist_result=True)
+def verify_image(registry: RegistryClient, service: ServiceSettings, sha: str) -> ImageCheck:
     """Verify the image built for the commit is in the registry and record its digest."""
-    service = config.service(service_name)
-    with registry_client(config) as registry:
-        manifest = find_image(registry, service, sha)
+    manifest = find_image(registry, service, sha)
     get_run_logger().info("image %s found: %s (%s)", manifest.image, manifest.digest, manifest.media_type)
     return ImageCheck(manifest.image, manifest.digest, manifest.media_type)

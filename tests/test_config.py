@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ from typer.testing import CliRunner
 from commands.cli import app
 from runbook.config import load_config, parse_config
 from runbook.errors import ConfigError, SecretError
+from runbook.targets.github_actions_settings import GitHubActionsTarget
+from runbook.targets.webhook_settings import WebhookTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,10 +41,10 @@ def test_the_shipped_example_is_valid() -> None:
     config = load_config(ROOT / "runbook.example.yaml")
     service = config.service("shop")
     assert service.tag_for("a" * 40) == "a" * 40
-    assert config.environment("shop", "production").deploy.workflow == "rollback-production.yml"
+    assert config.deploy_settings("shop", "production", GitHubActionsTarget).workflow == "rollback-production.yml"
     probe = config.environment("shop", "production").version_probe
     assert probe is not None and (probe.json_field, probe.header) == ("build.sha", None)
-    assert config.environment("shop", "staging").deploy.version_field == "sha"
+    assert config.deploy_settings("shop", "staging", WebhookTarget).version_field == "sha"
 
 
 @pytest.mark.parametrize(
@@ -221,7 +225,8 @@ def test_a_yaml_error_does_not_quote_the_file(tmp_path: Path) -> None:
 
 
 def test_a_short_alert_token_is_refused_where_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbook.alerts import PrefectLauncher, create_app
+    from commands.alert_endpoint import create_app
+    from runbook.alerts.launcher import PrefectLauncher
 
     data = _minimal()
     data["alerts"] = {"token": {"env": "RUNBOOK_TEST_ALERT_TOKEN"}}
@@ -237,3 +242,18 @@ def test_a_short_alert_token_is_refused_where_it_is_read(tmp_path: Path, monkeyp
     assert "Sh0rt-t0ken" not in str(caught.value)
     monkeypatch.setenv("RUNBOOK_TEST_ALERT_TOKEN", "a-long-enough-random-token-0123")
     assert _check_config(data, tmp_path)[1].exit_code == 0
+
+
+def test_the_configuration_imports_no_io_module() -> None:
+    # Settings only: the checks' and the deploy targets' I/O stay out of `import runbook.config` (and its cycles).
+    io_modules = [
+        "runbook.prometheus",
+        "runbook.smoke",
+        "runbook.targets.factory",
+        "runbook.targets.docker",
+        "runbook.targets.github_actions",
+        "runbook.targets.webhook",
+    ]
+    code = f"import sys, runbook.config; print([m for m in {io_modules!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

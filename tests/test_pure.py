@@ -9,6 +9,7 @@ import pytest
 from runbook import messages
 from runbook.errors import HealthCheckError, InvalidShaError
 from runbook.health import ProbeResult, judge
+from runbook.incident import AlertContext
 from runbook.journal import Journal, describe_error
 from runbook.postmortem import artifact_key, render_markdown, timings_table
 from runbook.repository import was_healthy
@@ -121,11 +122,12 @@ def _record(outcome: str) -> Journal:
 
 def test_postmortem_of_a_recovery_has_every_section() -> None:
     record = _record("recovered")
-    record.alert = {
-        "name": "HighErrorRate",
-        "labels": {"service": "shop", "severity": "critical"},
-        "link": "http://prometheus/graph?g0",
-    }
+    record.alert = AlertContext(
+        name="HighErrorRate",
+        labels={"service": "shop", "severity": "critical"},
+        link="http://prometheus/graph?g0",
+        starts_at=record.detected_at,
+    )
     record.approval = "alice: looks right"
     record.metric_summary = ["ratio 0.001 < 0.01 for 30 s", "samples: 0.002, 0.001, 0.001"]
     record.smoke_summary = ["cart: HTTP 200 in 12 ms"]

@@ -1,28 +1,24 @@
-"""Deploy targets: one module each, all behind `DeployTarget`; `build_target` picks the configured one."""
+"""Deploy targets: one module each, with its settings beside it (`<name>_settings.py`), all behind `DeployTarget`.
+
+`build_target` builds the configured one through the type -> factory mapping in runbook.targets.factory.
+Importing this package stays light: runbook.config imports the settings modules from it.
+"""
 
 from __future__ import annotations
 
-from runbook import repository as repo_api
-from runbook.config import GitHubActionsTarget, RunbookConfig, WebhookTarget
-from runbook.service_images import insecure_registries, registry_credentials
+from typing import TYPE_CHECKING
+
 from runbook.targets.base import DeployRequest, DeployResult, DeployTarget
-from runbook.targets.docker import DockerDeployTarget
-from runbook.targets.github_actions import GitHubActionsDeployTarget
-from runbook.targets.webhook import WebhookDeployTarget
+
+if TYPE_CHECKING:
+    from runbook.config import RunbookConfig
 
 __all__ = ["DeployRequest", "DeployResult", "DeployTarget", "build_target"]
 
 
 def build_target(config: RunbookConfig, service_name: str, environment: str) -> DeployTarget:
-    """The deploy target configured for one environment of a service."""
-    service = config.service(service_name)
-    settings = config.environment(service_name, environment).deploy
-    if isinstance(settings, GitHubActionsTarget):
-        repo = repo_api.connect(config.github, service.repository)
-        runs_url = f"{repo_api.web_url(config.github, service.repository)}/actions/workflows/{settings.workflow}"
-        return GitHubActionsDeployTarget(repo, settings, service.branch, environment, runs_url)
-    if isinstance(settings, WebhookTarget):
-        return WebhookDeployTarget(settings)
-    return DockerDeployTarget(
-        settings, registry_credentials=registry_credentials(config), insecure_registries=insecure_registries(config)
-    )
+    """The deploy target configured for one environment of a service (see runbook.targets.factory)."""
+    # Imported when called: the targets import runbook.config, which imports this package for their settings.
+    from runbook.targets.factory import build_target as build
+
+    return build(config, service_name, environment)

@@ -32,10 +32,12 @@ from docker.errors import DockerException, NotFound
 from docker.utils import kwargs_from_env
 from requests.exceptions import RequestException
 
-from runbook.config import DockerTarget
+from runbook.config import RunbookConfig
 from runbook.errors import DeployError
 from runbook.registry import RegistryCredentials
+from runbook.service_images import insecure_registries, registry_credentials
 from runbook.targets.base import DeployRequest, DeployResult
+from runbook.targets.docker_settings import DockerTarget
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,64 @@ def _links(links: list[str] | None) -> list[str] | None:
     return out
 
 
+def _own_env(config: Mapping[str, Any], image_config: Mapping[str, Any]) -> list[str]:
+    """The container's environment without what its image set (the new image sets its own)."""
+    image_env = set(image_config.get("Env") or [])
+    return [e for e in config.get("Env") or [] if e not in image_env]
+
+
+def _own_labels(config: Mapping[str, Any], image_config: Mapping[str, Any]) -> dict[str, str]:
+    """The container's labels without those its image set to the same value."""
+    image_labels = image_config.get("Labels") or {}
+    return {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
+
+
+def _command(config: Mapping[str, Any], image_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Entrypoint and command, when the container set them rather than took them from its image."""
+    if config.get("Entrypoint") != image_config.get("Entrypoint"):
+        # `docker run --entrypoint`: the image's command is not used either, so keep the container's.
+        return {"entrypoint": config.get("Entrypoint") or [""], "command": config.get("Cmd")}
+    if config.get("Cmd") != image_config.get("Cmd"):
+        return {"command": config.get("Cmd")}
+    return {}
+
+
+_OVERRIDABLE = (("User", "user"), ("WorkingDir", "working_dir"), ("StopSignal", "stop_signal"))
+
+
+def _overrides(config: Mapping[str, Any], image_config: Mapping[str, Any]) -> dict[str, Any]:
+    """User, working dir, stop signal and health check set on the container (not inherited), and its stop timeout."""
+    kwargs: dict[str, Any] = {}
+    for key, arg in (*_OVERRIDABLE, ("Healthcheck", "healthcheck")):
+        if config.get(key) and config.get(key) != image_config.get(key):
+            kwargs[arg] = config[key]
+    if config.get("StopTimeout") is not None:
+        kwargs["stop_timeout"] = config["StopTimeout"]
+    return kwargs
+
+
+def _ports(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Exposed ports as create_container() wants them: `80` or `(53, 'udp')`."""
+    exposed = config.get("ExposedPorts") or {}
+    if not exposed:
+        return {}
+    return {"ports": [(int(p.split("/")[0]), p.split("/")[1]) if "/" in p else int(p) for p in exposed]}
+
+
+def _identity(config: Mapping[str, Any], host_config: Mapping[str, Any], old_id: str) -> dict[str, Any]:
+    """Host and domain names set on the container; none when it shares another's network (or the host's)."""
+    network_mode = str(host_config.get("NetworkMode") or "default")
+    if network_mode == "host" or network_mode.startswith("container:"):
+        return {}
+    kwargs: dict[str, Any] = {}
+    hostname = config.get("Hostname")
+    if hostname and hostname != _short(old_id):  # Docker's default hostname: the container's short id
+        kwargs["hostname"] = hostname
+    if config.get("Domainname"):
+        kwargs["domainname"] = config["Domainname"]
+    return kwargs
+
+
 def _os_error(exc: BaseException) -> str | None:
     """The operating system's reason at the bottom of a connection failure, if there is one."""
     seen: set[int] = set()
@@ -94,6 +154,15 @@ def _os_error(exc: BaseException) -> str | None:
         linked = [current.__cause__, current.__context__, reason, *current.args]
         stack.extend(e for e in linked if isinstance(e, BaseException))
     return None
+
+
+def build(config: RunbookConfig, service_name: str, environment: str) -> DockerDeployTarget:
+    """The Docker target of an environment, with the configured registries' credentials (read now)."""
+    return DockerDeployTarget(
+        config.deploy_settings(service_name, environment, DockerTarget),
+        registry_credentials=registry_credentials(config),
+        insecure_registries=insecure_registries(config),
+    )
 
 
 class DockerDeployTarget:
@@ -412,47 +481,17 @@ class DockerDeployTarget:
         config: Mapping[str, Any] = old.get("Config") or {}
         image_config: Mapping[str, Any] = old_image.get("Config") or {}
         host_config = dict(old.get("HostConfig") or {})
-        old_id = str(old["Id"])
-
-        image_env = set(image_config.get("Env") or [])
-        env = [e for e in config.get("Env") or [] if e not in image_env]
-        image_labels = image_config.get("Labels") or {}
-        labels = {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
-        labels[self._settings.sha_label] = request.sha
-
         kwargs: dict[str, Any] = {
-            "environment": env,
-            "labels": labels,
+            "environment": _own_env(config, image_config),
+            "labels": _own_labels(config, image_config) | {self._settings.sha_label: request.sha},
             "tty": bool(config.get("Tty")),
             "stdin_open": bool(config.get("OpenStdin")),
             "detach": not config.get("AttachStdout"),
+            **_command(config, image_config),
+            **_overrides(config, image_config),
+            **_ports(config),
+            **_identity(config, host_config, str(old["Id"])),
         }
-        entrypoint_overridden = config.get("Entrypoint") != image_config.get("Entrypoint")
-        if entrypoint_overridden:
-            # `docker run --entrypoint`: the image's command is not used either, so keep the container's.
-            kwargs["entrypoint"] = config.get("Entrypoint") or [""]
-            kwargs["command"] = config.get("Cmd")
-        elif config.get("Cmd") != image_config.get("Cmd"):
-            kwargs["command"] = config.get("Cmd")
-        for key, arg in (("User", "user"), ("WorkingDir", "working_dir"), ("StopSignal", "stop_signal")):
-            if config.get(key) and config.get(key) != image_config.get(key):
-                kwargs[arg] = config[key]
-        if config.get("Healthcheck") and config.get("Healthcheck") != image_config.get("Healthcheck"):
-            kwargs["healthcheck"] = config["Healthcheck"]
-        if config.get("StopTimeout") is not None:
-            kwargs["stop_timeout"] = config["StopTimeout"]
-        exposed = config.get("ExposedPorts") or {}
-        if exposed:
-            kwargs["ports"] = [(int(p.split("/")[0]), p.split("/")[1]) if "/" in p else int(p) for p in exposed]
-
-        network_mode = str(host_config.get("NetworkMode") or "default")
-        shares_network = network_mode == "host" or network_mode.startswith("container:")
-        hostname = config.get("Hostname")
-        if hostname and not shares_network and hostname != _short(old_id):
-            kwargs["hostname"] = hostname
-        if config.get("Domainname") and not shares_network:
-            kwargs["domainname"] = config["Domainname"]
-
         # Volumes: named volumes and binds are in HostConfig; anonymous ones (from VOLUME or `-v /path`)
         # would be created anew and empty, so the new container gets the old ones by name.
         host_config["Binds"] = list(host_config.get("Binds") or []) + self._anonymous_volumes(old, host_config)

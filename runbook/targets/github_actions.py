@@ -29,9 +29,10 @@ from github.Repository import Repository
 from github.WorkflowRun import WorkflowRun
 
 from runbook import repository as repo_api
-from runbook.config import GitHubActionsTarget
+from runbook.config import RunbookConfig
 from runbook.errors import DeployError, GitHubError
 from runbook.targets.base import DeployRequest, DeployResult
+from runbook.targets.github_actions_settings import GitHubActionsTarget
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ log = logging.getLogger(__name__)
 _CLOCK_MARGIN = timedelta(minutes=5)
 _RUNS_SCANNED = 100
 _LOOKUP_INTERVAL = 1.0
+
+
+def build(config: RunbookConfig, service_name: str, environment: str) -> GitHubActionsDeployTarget:
+    """The github-actions target of an environment: the service's repository (a lazy handle) and its workflow."""
+    service = config.service(service_name)
+    settings = config.deploy_settings(service_name, environment, GitHubActionsTarget)
+    repo = repo_api.connect(config.github, service.repository)
+    runs_url = f"{repo_api.web_url(config.github, service.repository)}/actions/workflows/{settings.workflow}"
+    return GitHubActionsDeployTarget(repo, settings, service.branch, environment, runs_url)
 
 
 class GitHubActionsDeployTarget:

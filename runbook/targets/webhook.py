@@ -34,11 +34,12 @@ from urllib.parse import quote
 
 import httpx
 
-from runbook.config import WebhookTarget
+from runbook.config import RunbookConfig
 from runbook.errors import DeployError, VersionUnreadableError
 from runbook.http import retry_after, without_userinfo
 from runbook.running import read_version
 from runbook.targets.base import DeployRequest, DeployResult
+from runbook.targets.webhook_settings import WebhookTarget
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ def request_body(request: DeployRequest) -> bytes:
         "rollback_id": request.rollback_id,
     }
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+def build(config: RunbookConfig, service_name: str, environment: str) -> WebhookDeployTarget:
+    """The webhook target of an environment."""
+    return WebhookDeployTarget(config.deploy_settings(service_name, environment, WebhookTarget))
 
 
 class WebhookDeployTarget:

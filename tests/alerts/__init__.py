@@ -1,1 +1,1 @@
-"""Tests of the alert endpoint (runbook/alerts.py)."""
+"""Tests of the alerts (runbook/alerts/) and their endpoint (commands/alert_endpoint.py)."""

@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
-import json
 import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from runbook.alerts import (
-    Alert,
-    AlertmanagerPayload,
-    GrafanaPayload,
-    Ignore,
-    Launch,
-    LaunchError,
-    PrefectLauncher,
-    Rollback,
-    RollbackRequest,
-    create_app,
-    decide,
-    idempotency_key,
-    label_fingerprint,
-)
+from commands.alert_endpoint import create_app
+from runbook.alerts.decision import Ignore, RollbackDecision, decide
+from runbook.alerts.launcher import Launch, PrefectLauncher, RollbackRequest, idempotency_key
+from runbook.alerts.model import Alert, label_fingerprint
+from runbook.alerts.source import SOURCES
+from runbook.alerts.wire import PayloadError, Unauthorized, check_bearer_token
 from runbook.config import RunbookConfig, parse_config
-from runbook.errors import ConfigError
+from runbook.errors import ConfigError, LaunchError
+from runbook.incident import CONTEXT_KEY, from_run_context
 from sandbox.alertmanager import AlertmanagerServer
 from sandbox.fixtures import load_fixture
+from tests.support.alert_app import AUTH, TOKEN, Served, call, post
+from tests.support.waiting import wait_for
 
-TOKEN = "alert-token-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FIRING_LINK = load_fixture("alerts", "alertmanager-firing")["alerts"][0]["generatorURL"]
 FIRING_START = datetime(2026, 8, 20, 10, 12, 30, 123000, tzinfo=UTC)
 T = TypeVar("T")
@@ -84,8 +71,7 @@ CONFIG = make_config()
 
 def alerts_of(name: str) -> list[Alert]:
     data = load_fixture("alerts", name)
-    model = GrafanaPayload if name.startswith("grafana") else AlertmanagerPayload
-    return model.model_validate(data).to_alerts()
+    return SOURCES["grafana" if name.startswith("grafana") else "alertmanager"].parse(data)
 
 
 def with_labels(alert: Alert, **labels: str) -> Alert:
@@ -109,7 +95,7 @@ def test_firing_alerts_roll_back_with_reason_start_and_link(fixture: str) -> Non
 
     decisions = [decide(alert, CONFIG) for alert in alerts]
 
-    expected = Rollback(
+    expected = RollbackDecision(
         "checkout", "production", "HighErrorRate: checkout 5xx ratio above 5%", FIRING_START, FIRING_LINK
     )
     assert decisions == [expected, expected]
@@ -128,7 +114,7 @@ def test_captured_alertmanager_025_body_uses_the_default_environment() -> None:
 
     decision = decide(alert, config)
 
-    assert isinstance(decision, Rollback)
+    assert isinstance(decision, RollbackDecision)
     assert (decision.service, decision.environment) == ("checkout", "production")
     assert decision.reason == "HighErrorRate: 5xx rate 100 req/s on checkout"
     assert decision.detected_at == datetime(2026, 11, 26, 13, 7, 54, 18000, tzinfo=UTC)
@@ -197,11 +183,11 @@ def test_grafana_alert_with_labels_rolls_back_linking_the_panel() -> None:
     data = load_fixture("alerts", "grafana-firing")
     data["alerts"][0]["labels"].update(service="shop", env="production", severity="critical")
     data["alerts"][0]["panelURL"] = "https://grafana.example.com/d/abc?viewPanel=2"
-    alert = GrafanaPayload.model_validate(data).to_alerts()[0]
+    alert = SOURCES["grafana"].parse(data)[0]
 
     decision = decide(alert, CONFIG)
 
-    assert decision == Rollback(
+    assert decision == RollbackDecision(
         "shop",
         "production",
         "High memory usage: This alert was triggered for zone us-1",
@@ -215,10 +201,89 @@ def test_missing_fingerprint_is_computed_as_alertmanager_does() -> None:
     for alert in data["alerts"]:
         del alert["fingerprint"]
 
-    alerts = AlertmanagerPayload.model_validate(data).to_alerts()
+    alerts = SOURCES["alertmanager"].parse(data)
 
     assert [a.fingerprint for a in alerts] == ["3f40106c17c8ba42", "554baf638e4e79b9"]
     assert label_fingerprint({}) == "cbf29ce484222325"  # FNV-1a 64 offset basis, as Alertmanager's empty set
+
+
+# --- the sources -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fixtures"),
+    [
+        (
+            "alertmanager",
+            [
+                "alertmanager-firing",
+                "alertmanager-firing.pre-v0.32",
+                "alertmanager-resolved",
+                "alertmanager-0.25-captured",
+            ],
+        ),
+        ("grafana", ["grafana-firing"]),
+    ],
+)
+def test_sources_are_registered_by_name_and_parse_their_fixtures(name: str, fixtures: list[str]) -> None:
+    source = SOURCES[name]
+
+    assert (source.name, source.path, source.authenticates_body) == (name, f"/alerts/{name}", False)
+    for fixture in fixtures:
+        data = load_fixture("alerts", fixture)
+        alerts = source.parse(data)
+        wire = data["alerts"]
+        assert [a.fingerprint for a in alerts] == [w.get("fingerprint") or label_fingerprint(w["labels"]) for w in wire]
+        assert [(a.status, a.labels, a.name) for a in alerts] == [
+            (w["status"], w["labels"], w["labels"]["alertname"]) for w in wire
+        ]
+        assert all(a.group_key == data.get("groupKey", "") and a.starts_at.tzinfo == UTC for a in alerts)
+
+
+def test_sources_are_the_two_shipped_ones() -> None:
+    assert sorted(SOURCES) == ["alertmanager", "grafana"]
+    assert all(key == source.name for key, source in SOURCES.items())
+    assert len({source.path for source in SOURCES.values()}) == len(SOURCES)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_source_refuses_a_body_naming_the_field(name: str) -> None:
+    data = load_fixture("alerts", "grafana-firing" if name == "grafana" else "alertmanager-firing")
+    del data["alerts"][1]["startsAt"]
+
+    with pytest.raises(PayloadError, match=r"^invalid payload: alerts\.1\.startsAt: Field required$") as caught:
+        SOURCES[name].parse(data)
+    assert caught.value.problems == ["alerts.1.startsAt: Field required"]
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_source_wants_the_bearer_token(name: str) -> None:
+    source, expected = SOURCES[name], TOKEN.encode()
+
+    source.authenticate({"authorization": f"Bearer {TOKEN}"}, b"{}", expected)
+    source.authenticate({"Authorization": f"bearer  {TOKEN} "}, b"", expected)  # any case, as HTTP has it
+    for headers in ({}, {"authorization": f"Bearer {TOKEN}x"}, {"authorization": f"Basic {TOKEN}"}):
+        with pytest.raises(Unauthorized, match="bearer token") as caught:
+            source.authenticate(headers, b"{}", expected)
+        assert TOKEN not in str(caught.value)
+    with pytest.raises(Unauthorized, match="invalid bearer token"):
+        check_bearer_token({"authorization": "Bearer jeton-é"}, expected)
+
+
+def test_the_alert_context_carries_the_group_within_its_limits() -> None:
+    start = datetime(2026, 8, 20, 12, 12, 30, tzinfo=UTC)
+    request = RollbackRequest(
+        "shop", "production", "r", start, "http://x/" + "q" * 2000, "a", "N" * 600, (("service", "shop"),),
+        group_key="{}:" + "g" * 2100, alerts=(("b", start), ("a", start)), source="grafana",
+    )  # fmt: skip
+
+    context = request.alert_context()
+    again = from_run_context(context.to_run_context())
+
+    assert again == context and set(context.to_run_context()) == {CONTEXT_KEY}
+    assert (context.name, context.link, context.starts_at, context.source) == ("N" * 499 + "…", None, start, "grafana")
+    assert context.group_key.startswith("sha256:") and context.group_key == request.alert_context().group_key
+    assert (context.labels, context.fingerprints) == ({"service": "shop"}, ("a", "b"))
 
 
 def test_idempotency_key_is_the_alert_group_and_its_alerts_not_the_start_minute() -> None:
@@ -285,19 +350,6 @@ class RecordingLauncher:
     def count(self) -> int:
         with self._lock:
             return len(self.requests)
-
-
-def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://alerts.test") as client:
-            return await client.request(method, path, **kwargs)
-
-    return asyncio.run(go())
-
-
-def post(app: FastAPI, path: str, body: Any, headers: dict[str, Any] | None = None) -> httpx.Response:
-    return call(app, "POST", path, json=body, headers=AUTH if headers is None else headers)
 
 
 @pytest.fixture
@@ -449,6 +501,7 @@ def test_firing_group_starts_one_rollback_for_its_alerts(app: FastAPI, launcher:
         group_key='{}/{env="production"}:{alertname="HighErrorRate", service="checkout"}',
         alerts=(("3f40106c17c8ba42", FIRING_START), ("554baf638e4e79b9", FIRING_START)),
         hold_minutes=30,
+        source="alertmanager",
     )
     labels = dict(request.alert_labels)
     assert (labels["alertname"], labels["service"], labels["severity"]) == ("HighErrorRate", "checkout", "critical")
@@ -536,6 +589,7 @@ def test_grafana_route_decides_per_alert(app: FastAPI, launcher: RecordingLaunch
     assert [a["decision"] for a in eligible] == ["ignored", "started"]
     assert launcher.requests[0].link == "https://play.grafana.org/alerting/d1rdpdv7k/edit"
     assert launcher.requests[0].reason == "High CPU usage: This alert was triggered for zone eu-1"
+    assert launcher.requests[0].source == "grafana"
 
 
 def test_launcher_failure_is_503_with_the_reason() -> None:
@@ -592,106 +646,6 @@ def test_alerts_that_start_nothing_are_logged_once_per_group_at_warning(
 
 
 # --- the real chain: Alertmanager -> webhook -> app served by uvicorn ---------------------------------------
-
-
-@dataclass
-class Seen:
-    at: float
-    path: str
-    status: int
-    body: dict[str, Any] = field(default_factory=dict)
-    answer: dict[str, Any] = field(default_factory=dict)
-    size: int = 0  # of the request body, in bytes
-
-
-def _json_or_empty(data: bytes | bytearray) -> dict[str, Any]:
-    try:
-        value = json.loads(data or b"{}")
-    except ValueError:  # a body cut short (a stalled sender)
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class Served:
-    """The app behind uvicorn on 127.0.0.1 in a thread, recording every request it answered."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.seen: list[Seen] = []
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(self._record, interface="asgi3", log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _record(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_body, response_body, status = bytearray(), bytearray(), [0]
-
-        async def recv() -> Any:
-            message = await receive()
-            request_body.extend(message.get("body", b""))
-            return message
-
-        async def snd(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            elif message["type"] == "http.response.body":
-                response_body.extend(message.get("body", b""))
-            await send(message)
-
-        await self.app(scope, recv, snd)
-        with self._lock:
-            self.seen.append(
-                Seen(
-                    time.monotonic(),
-                    scope["path"],
-                    status[0],
-                    _json_or_empty(request_body),
-                    _json_or_empty(response_body),
-                    len(request_body),
-                )
-            )
-
-    def requests(self) -> list[Seen]:
-        with self._lock:
-            return list(self.seen)
-
-    def __enter__(self) -> Served:
-        # Prefect's settings (the test server's URL) live in context variables: carry them into the thread.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._server.run, [self._sock]), name="alerts-uvicorn", daemon=True
-        )
-        self._thread.start()
-        wait_for(lambda: self._server.started, what="uvicorn to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._sock.close()
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, what: str = "a condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def storm(
@@ -908,13 +862,24 @@ def test_concurrent_launches_create_one_run_per_target(deployment_id: uuid.UUID)
     assert [launch.created for launch in launches].count(True) == 1
     assert {launch.state for launch in launches} == {"SCHEDULED"}
     flow_run = production[0]
-    assert "trigger" not in flow_run.parameters  # the flow knows an alert's run by its `alert`, not by a claim
-    assert flow_run.parameters["reason"] == "HighErrorRate: 5xx above 5%"
-    assert flow_run.parameters["incident"] == "http://127.0.0.1:9090/graph?g0.expr=errors"
-    assert flow_run.parameters["detected_at"] == "2026-08-20T10:12:30.123000+00:00"
+    # A person's fields only: the flow knows an alert's run by the alert in its context, not by a claim.
+    assert flow_run.parameters == {
+        "service": service,
+        "environment": "production",
+        "reason": "HighErrorRate: 5xx above 5%",
+        "incident": "http://127.0.0.1:9090/graph?g0.expr=errors",
+    }
+    assert not {"trigger", "alert", "detected_at"} & set(flow_run.parameters)
     assert set(flow_run.tags) == {"alert", service, "production"}
     assert flow_run.idempotency_key == idempotency_key(request_for(service, "production"))
-    assert flow_run.parameters["alert"]["fingerprints"] == ["3f40106c17c8ba42"]
+    alert = from_run_context(flow_run.context)
+    assert alert is not None and alert == request_for(service, "production").alert_context()
+    assert alert.starts_at == datetime(2026, 8, 20, 10, 12, 30, 123000, tzinfo=UTC)
+    assert (alert.source, alert.fingerprints, alert.link) == (
+        "alertmanager",
+        ("3f40106c17c8ba42",),
+        "http://127.0.0.1:9090/graph?g0.expr=errors",
+    )
 
     staging = run(runs_of(deployment_id, service=service, environment="staging"))
     assert other.created and [str(r.id) for r in staging] == [other.run_id]
@@ -983,6 +948,10 @@ def test_alertmanager_to_prefect_end_to_end(deployment_id: uuid.UUID) -> None:
     answers = [a for seen in served.requests() for a in seen.answer["alerts"]]
     assert {a["run_id"] for a in answers} == {str(flow_runs[0].id)}
     assert flow_runs[0].parameters["reason"] == f"HighErrorRate: {service} 5xx ratio above 5%"
+    alert = from_run_context(flow_runs[0].context)
+    assert alert is not None and alert.name == "HighErrorRate" and alert.labels["service"] == service
+    assert alert.group_key == served.requests()[0].body["groupKey"]
+    assert set(alert.fingerprints) <= fingerprints_seen(served) and alert.fingerprints
 
 
 def test_a_group_of_600_alerts_from_alertmanager_starts_one_run(

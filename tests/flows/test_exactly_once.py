@@ -25,7 +25,7 @@ from flows.rollback import rollback
 from runbook.config import CONFIG_ENV_VAR, using_config
 from sandbox.registry import push_image
 from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
-from tests.flows.test_rollback import postmortem_of
+from tests.support.rollback import postmortem_of
 from tests.support.rollback import run_rollback as run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

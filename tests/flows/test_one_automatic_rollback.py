@@ -18,15 +18,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.flow_engine import run_flow
 
+from commands.alert_endpoint import create_app
 from flows.rollback import rollback
-from runbook.alerts import PrefectLauncher, create_app, label_fingerprint
+from runbook.alerts.launcher import PrefectLauncher
+from runbook.alerts.model import label_fingerprint
 from runbook.config import CONFIG_ENV_VAR, load_config
 from runbook.hold import variable_name
 from sandbox.alertmanager import AlertmanagerServer
 from sandbox.registry import delete_tag
 from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
-from tests.alerts.test_alerts import TOKEN, Served, post, wait_for
+from tests.support.alert_app import TOKEN, Served, post
 from tests.support.rollback import run_rollback
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

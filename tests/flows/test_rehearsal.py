@@ -51,7 +51,7 @@ def test_preflight_not_ready_says_why_and_tells_slack(sandbox: Sandbox) -> None:
     assert set(failed) == {"health probes"}  # the last known good is then the older commit, with its image
     assert "HTTP 500" in failed["health probes"]
     [message] = sandbox.slack.messages
-    assert "NOT READY" in message.text and "health probes" in message.text
+    assert "PAS PRÊT" in message.text and "health probes" in message.text  # the configured language: fr
     assert sandbox.github.mutating_requests() == []
 
 

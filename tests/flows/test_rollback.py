@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.rollback import rollback
 from runbook.config import using_config
 from sandbox.registry import delete_tag
 from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
+from tests.support.rollback import postmortem_of
 from tests.support.rollback import run_rollback as run
 
 SEED_1 = "Incident en production détecté. Investigation en cours."
@@ -21,20 +19,6 @@ SEED_2 = "Déclenchement de la procédure de rollback vers la version `{sha}`."
 SEED_3 = "Rollback terminé. Le système est de nouveau opérationnel. Une analyse post-mortem sera effectuée."
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def artifacts(flow_run_id: UUID) -> dict[str, Any]:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return {a.key: a for a in found}
-
-
-def postmortem_of(state: Any) -> str:
-    found = artifacts(state.state_details.flow_run_id)
-    assert "rollback-shop-production-timings" in found
-    return str(found["rollback-shop-production"].data)
 
 
 def health(sandbox: Sandbox) -> int:

@@ -1,9 +1,13 @@
-"""Running the rollback flow against a sandbox, as the flow tests do."""
+"""Running the rollback flow against a sandbox, as the flow tests do, and reading what the run wrote."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.rollback import rollback
 from runbook.config import using_config
@@ -18,3 +22,19 @@ def run_rollback(sandbox: Sandbox, config: Path | None = None, **parameters: Any
     """
     with using_config(config or sandbox.config_path):
         return rollback(service=SERVICE, environment=ENVIRONMENT, return_state=True, **parameters)
+
+
+def artifacts(flow_run_id: UUID) -> dict[str | None, Any]:
+    """The artifacts of a flow run, by key (None for those without one)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
+def postmortem_of(state: Any) -> str:
+    """The post-mortem (markdown) the rollback run of `state` wrote; its timings artifact must be there too."""
+    found = artifacts(state.state_details.flow_run_id)
+    assert "rollback-shop-production-timings" in found
+    return str(found["rollback-shop-production"].data)

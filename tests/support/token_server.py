@@ -18,9 +18,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Generator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from runbook.registry import parse_challenge
+from sandbox.threaded import ThreadedHTTPServer
 
 
 def _self_signed(issuer: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -61,8 +61,10 @@ def _parse_scope(scope: str) -> tuple[str, str, list[str]] | None:
     return kind, name, [a for a in actions.split(",") if a]
 
 
-class TokenServer:
+class TokenServer(ThreadedHTTPServer):
     """A token endpoint on 127.0.0.1 issuing JWTs Distribution 2.8 accepts; use it as a context manager."""
+
+    _thread_name = "token-server"
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class TokenServer:
         access_token_only: bool = False,
         expires_in: int = 300,
     ) -> None:
+        super().__init__()
         self.issuer = issuer
         self.service = service
         self.users = dict(users or {})
@@ -88,18 +91,15 @@ class TokenServer:
         self._tmp = Path(tempfile.mkdtemp(prefix="runbook-token-"))
         self.rootcertbundle = self._tmp / "root.pem"
         self.rootcertbundle.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"TokenServer(realm={self.realm!r}, users={sorted(self.users)!r})"
+        realm = self.realm if self.running else "(not started)"
+        return f"TokenServer(realm={realm!r}, users={sorted(self.users)!r})"
 
     @property
     def realm(self) -> str:
-        """The URL to put in the registry's `auth.token.realm`."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/token"
+        """The URL to put in the registry's `auth.token.realm`; RuntimeError unless started."""
+        return f"{self.url}/token"
 
     @property
     def requests(self) -> int:
@@ -107,24 +107,14 @@ class TokenServer:
         with self._lock:
             return self._requests
 
-    def __enter__(self) -> TokenServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="token-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def stop(self) -> None:
+        """Stop serving and remove the certificate directory (`rootcertbundle`): it cannot start again."""
+        super().stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
     def close(self) -> None:
-        """Stop serving and remove the certificate directory."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        """`stop()`."""
+        self.stop()
 
     def grant(self, user: str | None, scopes: list[str]) -> list[dict[str, Any]]:
         """Access entries for `user` (None = anonymous): users get what they ask, anonymous public pull."""

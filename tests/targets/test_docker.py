@@ -15,11 +15,11 @@ import httpx
 import pytest
 from docker.errors import NotFound
 
-from runbook.config import DockerTarget
 from runbook.errors import DeployError
 from runbook.registry import RegistryCredentials
 from runbook.targets.base import DeployRequest
 from runbook.targets.docker import DockerDeployTarget
+from runbook.targets.docker_settings import DockerTarget
 from sandbox.dockerd import DockerEngine, build_service_image
 from sandbox.registry import RegistryServer
 

@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from runbook.config import SecretRef, WebhookTarget
 from runbook.errors import DeployError, SecretError
+from runbook.settings_base import SecretRef
 from runbook.targets.base import DeployRequest, DeployTarget
 from runbook.targets.webhook import WebhookDeployTarget, request_body, standard_signature
+from runbook.targets.webhook_settings import WebhookTarget
 from tests.support.webhook_receiver import TOLERANCE_SECONDS, Refused, WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,8 +74,7 @@ class DeployApi:
         self.received: list[Received] = []
         self._release = threading.Event()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _DeployApiServer(self)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="deploy-api", daemon=True)
 
     @property
@@ -99,75 +99,86 @@ class DeployApi:
         self._thread.join(timeout=5)
         self._server.server_close()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+class _DeployApiServer(ThreadingHTTPServer):
+    """The HTTP server of a DeployApi: its handler reads the script and records through `api`."""
 
-            def _record(self, body: bytes = b"") -> None:
-                with api._lock:
-                    api.received.append(Received(self.command, self.path, dict(self.headers.items()), body))
+    def __init__(self, api: DeployApi) -> None:
+        super().__init__(("127.0.0.1", 0), _DeployApiHandler)
+        self.api = api
+        self.daemon_threads = True
 
-            def _answer(
-                self, status: int, body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None
-            ) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                if body is not None:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self._record(body)
-                if api.receiver is not None:
-                    try:
-                        api.receiver.verify(dict(self.headers.items()), body)
-                    except Refused as refused:
-                        with api._lock:
-                            api.refusals.append(str(refused))
-                        got = self.headers.get("webhook-signature", "")
-                        self._answer(401, {"error": str(refused), "received": got})
-                        return
-                if api.post_delay and api._release.wait(api.post_delay):
-                    return  # the test is over
-                with api._lock:
-                    answer = api.script.pop(0) if api.script else (202, {}, {"id": "d-1", "status": "queued"})
-                status, headers, payload = answer
-                if api.receiver is not None and (status == 429 or status >= 500):
-                    api.receiver.forget(dict(self.headers.items()))  # not acted on: a retry is welcome
-                self._answer(status, payload, headers)
+class _DeployApiHandler(BaseHTTPRequestHandler):
+    server: _DeployApiServer
 
-            def do_GET(self) -> None:
-                self._record()
-                if self.path.startswith("/status/"):
-                    with api._lock:
-                        status = api.statuses.pop(0) if len(api.statuses) > 1 else api.statuses[0]
-                    self._answer(200, {"id": self.path.rsplit("/", 1)[1], **status})
-                elif self.path == "/deploy":
-                    self._answer(200, {"hello": "POST a signed deploy here"})
-                elif self.path == "/version":
-                    self._answer(*api.version)
-                else:
-                    self._answer(404, {"error": "not found"})
+    @property
+    def api(self) -> DeployApi:
+        return self.server.api
 
-            def do_HEAD(self) -> None:
-                self._record()
-                if self.path != "/deploy":
-                    self._answer(404)
-                elif not api.head_allowed:
-                    self._answer(405, headers={"Allow": "GET, POST"})
-                else:
-                    self._answer(200)
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
-        return Handler
+    def _record(self, body: bytes = b"") -> None:
+        with self.api._lock:
+            self.api.received.append(Received(self.command, self.path, dict(self.headers.items()), body))
+
+    def _answer(
+        self, status: int, body: dict[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._record(body)
+        if self.api.receiver is not None:
+            try:
+                self.api.receiver.verify(dict(self.headers.items()), body)
+            except Refused as refused:
+                with self.api._lock:
+                    self.api.refusals.append(str(refused))
+                got = self.headers.get("webhook-signature", "")
+                self._answer(401, {"error": str(refused), "received": got})
+                return
+        if self.api.post_delay and self.api._release.wait(self.api.post_delay):
+            return  # the test is over
+        with self.api._lock:
+            answer = self.api.script.pop(0) if self.api.script else (202, {}, {"id": "d-1", "status": "queued"})
+        status, headers, payload = answer
+        if self.api.receiver is not None and (status == 429 or status >= 500):
+            self.api.receiver.forget(dict(self.headers.items()))  # not acted on: a retry is welcome
+        self._answer(status, payload, headers)
+
+    def do_GET(self) -> None:
+        self._record()
+        if self.path.startswith("/status/"):
+            with self.api._lock:
+                status = self.api.statuses.pop(0) if len(self.api.statuses) > 1 else self.api.statuses[0]
+            self._answer(200, {"id": self.path.rsplit("/", 1)[1], **status})
+        elif self.path == "/deploy":
+            self._answer(200, {"hello": "POST a signed deploy here"})
+        elif self.path == "/version":
+            self._answer(*self.api.version)
+        else:
+            self._answer(404, {"error": "not found"})
+
+    def do_HEAD(self) -> None:
+        self._record()
+        if self.path != "/deploy":
+            self._answer(404)
+        elif not self.api.head_allowed:
+            self._answer(405, headers={"Allow": "GET, POST"})
+        else:
+            self._answer(200)
 
 
 @pytest.fixture

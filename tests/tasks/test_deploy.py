@@ -46,10 +46,25 @@ def test_skips_when_the_target_already_runs_that_version(sandbox: Sandbox, confi
     deploy_api = {"type": "webhook", "url": f"{sandbox.app.url}/deploy", "version_url": f"{sandbox.app.url}/version"}
     webhook = load_config(sandbox.write_config(sandbox.config_data(deploy=deploy_api), "webhook.yaml"))
     assert _target(config).current_version() is None
+    request = _request(sandbox, sandbox.commits.broken)
     with disable_run_logger():
-        result = deploy.fn(webhook, _request(sandbox, sandbox.commits.broken))
+        result = deploy.fn(_target(webhook), request)  # the target asked: it says what runs
     assert result.skipped and "already runs" in result.detail
     assert sandbox.app.deploys == [sandbox.commits.broken]
+    with disable_run_logger():  # what it said while the SHA was resolved: not asked a second time
+        again = deploy.fn(_target(webhook), request, sandbox.commits.broken, asked=True)
+    assert again.skipped and sandbox.app.deploys == [sandbox.commits.broken]
+
+
+def test_a_version_known_while_resolving_is_not_read_again(sandbox: Sandbox) -> None:
+    deploy_api = {"type": "webhook", "url": f"{sandbox.app.url}/deploy", "version_url": f"{sandbox.app.url}/version"}
+    webhook = load_config(sandbox.write_config(sandbox.config_data(deploy=deploy_api), "webhook.yaml"))
+    target = _target(webhook)
+    reads = sandbox.app.version_reads
+    with disable_run_logger():
+        result = deploy.fn(target, _request(sandbox, sandbox.commits.last_known_good), None, asked=True)
+    assert not result.skipped and sandbox.app.version == sandbox.commits.last_known_good
+    assert sandbox.app.version_reads == reads  # deployed on what resolve read, without asking again
 
 
 def test_a_run_past_its_deadline_is_a_clear_failure(sandbox: Sandbox) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from runbook.config import HealthSettings, Probe
 from runbook.errors import HealthCheckError
-from tasks.health_check import run_health_check
+from runbook.probes import run_health_check
 
 
 class _Service:

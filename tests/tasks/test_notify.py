@@ -1,4 +1,4 @@
-"""Slack notifications through slack-sdk against the Slack stand-in: threads, broadcast, 429, failures."""
+"""Slack (runbook/slack.py) through slack-sdk against the Slack stand-in: threads, broadcast, 429, failures."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import pytest
 
 from runbook import messages
 from runbook.config import RunbookConfig
+from runbook.slack import Posted, SlackPoster
 from sandbox.world import CHANNEL, SLACK_TOKEN_VAR, Sandbox
-from tasks.notify import post
+
+
+def post(
+    config: RunbookConfig, channel: str, text: str, thread: Posted | None = None, broadcast: bool = False
+) -> Posted:
+    """One message through the run's Slack client (runbook/slack.py), as the notify tasks send it."""
+    return SlackPoster(config.slack, channel).post(text, thread, broadcast=broadcast)
 
 
 def test_a_thread_with_the_ending_broadcast(sandbox: Sandbox, config: RunbookConfig) -> None:

@@ -17,22 +17,14 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from runbook.errors import HealthCheckError
-from runbook.verification import (
-    MetricCheck,
-    MetricCheckError,
-    MetricSample,
-    SmokeCheck,
-    SmokeCheckError,
-    error_ratio_query,
-    json_path_present,
-    judge_metric,
-    query_prometheus,
-    run_metric_check,
-    run_smoke_checks,
-)
+from runbook.errors import HealthCheckError, MetricCheckError, SmokeCheckError
+from runbook.health import MetricSample, json_path_present, judge_metric
+from runbook.prometheus import query_prometheus, run_metric_check
+from runbook.smoke import run_smoke_checks
+from runbook.verification_settings import MetricCheck, SmokeCheck, error_ratio_query
 from sandbox.metrics_app import MetricsApp
-from sandbox.prometheus import PrometheusServer, _free_port
+from sandbox.process import free_port as _free_port
+from sandbox.prometheus import PrometheusServer
 
 JOB = "shop"
 

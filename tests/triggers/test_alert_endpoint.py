@@ -22,14 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
+from commands.alert_endpoint import create_app
 from commands.serve import LocalServer
-from runbook.alerts import PrefectLauncher, create_app
+from runbook.alerts.launcher import PrefectLauncher
 from runbook.config import parse_config
 from sandbox.alert_bodies import alertmanager_body
 from sandbox.serving import ROOT, server_env
 from sandbox.world import SERVICE, Sandbox
-from tests.triggers.conftest import ALERT_TOKEN, serving
-from tests.triggers.test_serve import api
+from tests.support.prefect_api import api
+from tests.support.served import ALERT_TOKEN, serving
 
 AUTH = {"Authorization": f"Bearer {ALERT_TOKEN}"}
 
@@ -93,7 +94,7 @@ def test_twenty_services_alerted_at_once_all_get_their_run_at_the_first_attempt(
 ) -> None:
     from deployments.spec import with_choices
     from flows.rollback import rollback
-    from tests.alerts.test_alerts import Served
+    from tests.support.alert_app import Served
 
     names = [f"storm-{index:02d}" for index in range(1, 21)]
     environment = {

@@ -22,8 +22,8 @@ from sandbox.process import free_port
 from sandbox.serving import server_env
 from sandbox.serving import wait_for as _wait
 from sandbox.world import Sandbox
-from tests.triggers.conftest import serving
-from tests.triggers.test_serve import create_run, wait_terminal
+from tests.support.prefect_api import create_run, wait_terminal
+from tests.support.served import serving
 
 # The setting Prefect 3.9 reads (PREFECT_API_DATABASE_CONNECTION_URL is its older alias, also accepted).
 DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"

@@ -15,11 +15,11 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import PrefectHTTPStatusError
 
 from commands.serve import AUTH_FILE, LocalServer, local_auth_string, server_auth_string
-from flows._trigger import derive_trigger
+from flows.trigger import derive_trigger
 from runbook.errors import RunbookError
 from sandbox.serving import server_env
-from tests.triggers.conftest import Served
-from tests.triggers.test_serve import api, create_run, wait_terminal
+from tests.support.prefect_api import api, create_run, wait_terminal
+from tests.support.served import Served
 
 
 def _basic(auth_string: str) -> dict[str, str]:

@@ -12,40 +12,8 @@ import httpx
 from commands.serve import LocalServer, local_prefect_server
 from sandbox.process import free_port
 from sandbox.serving import ROOT, server_env
-from tests.triggers.conftest import Served
-
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-
-
-def api(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
-    """One API call, retried on 503: Prefect's SQLite answers "database is locked" that way (its client retries).
-
-    `headers`: the server's auth string (`LocalServer.headers`); every server these tests start wants one.
-    """
-    for attempt in range(10):
-        response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
-        if response.status_code != 503:
-            return response
-        time.sleep(0.2 * (attempt + 1))
-    return response
-
-
-def create_run(served: Served, parameters: dict[str, Any], deployment: str = "rollback/rollback") -> str:
-    dep = api("GET", f"{served.api}/deployments/name/{deployment}", served.headers).json()
-    body = {"parameters": parameters}
-    answer = api("POST", f"{served.api}/deployments/{dep['id']}/create_flow_run", served.headers, json=body)
-    assert answer.status_code in (200, 201), answer.text
-    return str(answer.json()["id"])
-
-
-def wait_terminal(served: Served, run_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api("GET", f"{served.api}/flow_runs/{run_id}", served.headers).json()
-        if run["state"] and run["state"]["type"] in TERMINAL:
-            return dict(run)
-        time.sleep(0.25)
-    raise AssertionError(f"run {run_id} did not end; serve log:\n{served.log.read_text()[-3000:]}")
+from tests.support.prefect_api import api, create_run, wait_terminal
+from tests.support.served import Served
 
 
 def test_a_run_created_through_the_api_completes(served: Served) -> None:
@@ -77,7 +45,7 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
 
 
 def test_prefect_deploy_all_with_a_process_work_pool(tmp_path: Any) -> None:
-    """`prefect deploy --all` from prefect.yaml works, and the form offers the configured services as choices."""
+    """`prefect deploy --all` from prefect.yaml works, and the form shows a person's fields only."""
     with local_prefect_server(port=free_port(), env=server_env(str(tmp_path / "server")), timeout=90) as server:
         _deploy_all(server, tmp_path)
 
@@ -107,8 +75,15 @@ def _deploy_all(server: LocalServer, tmp_path: Any) -> None:
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     dep = api("GET", f"{api_url}/deployments/name/rollback/rollback", server.headers).json()
     properties = dep["parameter_openapi_schema"]["properties"]
-    assert properties["service"]["enum"] == ["shop"]
-    assert properties["environment"]["enum"] == ["production", "staging"]
+    # The flow's module reads no configuration at import: `prefect deploy` gets plain, described text fields
+    # (`runbook serve` registers the configured names as choices: tests/triggers/test_ui.py).
+    assert properties["service"]["type"] == "string" and "enum" not in properties["service"]
+    assert "configured service" in properties["service"]["description"]
+    # Only a person's fields: what alerts and rehearsals pass goes another way.
+    assert set(properties) == {
+        "service", "environment", "sha", "reason", "incident", "dry_run", "require_approval",
+        "approval_timeout_seconds",
+    }  # fmt: skip
     assert "last known good" in properties["sha"]["description"]
     assert not {"config_path", "notify", "trigger"} & set(properties)  # the worker's, the runbook's to decide
     rehearsal = api("GET", f"{api_url}/deployments/name/rehearsal/rehearsal-shop-staging", server.headers).json()

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from sandbox.world import ENVIRONMENT, REPOSITORY
-from tests.triggers.conftest import Served
-from tests.triggers.test_serve import wait_terminal
+from tests.support.prefect_api import wait_terminal
+from tests.support.served import Served
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page, Route

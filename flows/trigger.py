@@ -3,8 +3,9 @@
 - `drill`: the rehearsal flow's drill, in its own process, inside `drill()`. A context variable, not a flow
   parameter: nothing a run's creator sends through the API can reach it. Drills post nothing (the rehearsal
   reports) and never mark the version rolled back from as bad (they roll back healthy versions).
-- `alert`: the run carries an alert (the alert endpoint sets `alert`). Claiming one only brings in the rules of
-  automatic rollbacks (runbook/hold.py): a held run deploys nothing; a run that deploys is announced.
+- `alert`: the run carries an alert in its context (the alert endpoint sets it: runbook/incident.py). Claiming
+  one only brings in the rules of automatic rollbacks (runbook/hold.py): a held run deploys nothing; a run that
+  deploys is announced.
 - `schedule`: Prefect's scheduler created the run (`auto_scheduled`, which only the server sets).
 - `manual`: anything else (the UI, the API, the shell).
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Literal
 
 from prefect.context import FlowRunContext
+
+from runbook.incident import AlertContext, from_run_context
 
 Trigger = Literal["drill", "alert", "schedule", "manual"]
 
@@ -42,8 +45,15 @@ def derive_trigger(*, drill: bool, alert: bool, scheduled: bool) -> Trigger:
     return "schedule" if scheduled else "manual"
 
 
-def current_trigger(alert: dict[str, Any] | None) -> Trigger:
+def current_alert() -> AlertContext | None:
+    """The alert the run in progress carries in its context, if any (ConfigError when malformed)."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    return from_run_context(run.context) if run is not None else None
+
+
+def current_trigger(alert: AlertContext | None) -> Trigger:
     """The trigger of the rollback run in progress."""
     context = FlowRunContext.get()
     scheduled = bool(context and context.flow_run and context.flow_run.auto_scheduled)
-    return derive_trigger(drill=_DRILL.get(), alert=bool(alert), scheduled=scheduled)
+    return derive_trigger(drill=_DRILL.get(), alert=alert is not None, scheduled=scheduled)

@@ -1,0 +1,151 @@
+"""What Slack is told, in one place: the seed's three messages (French, as written) and English.
+
+Each language is one module of this package (`fr.py`, `en.py`) holding one mapping, `MESSAGES`, key -> template,
+all with the same keys and the same `{fields}` (tests/test_messages.py checks it). Adding a language: its module
+here, and its code in `Language`, which is the registration.
+
+Pure functions over plain values. No secret, token or internal error dump goes in here: failure
+messages carry the step, a one-line reason written by this project, and the action for a person.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Final, Literal, get_args
+
+Language = Literal["fr", "en"]
+"""The languages Slack can be written in, each the name of its module in this package."""
+
+
+def _load(language: str) -> Mapping[str, str]:
+    templates = importlib.import_module(f"{__name__}.{language}").MESSAGES
+    if not isinstance(templates, Mapping):
+        raise TypeError(f"{__name__}.{language}.MESSAGES is not a mapping of key -> template")
+    return templates
+
+
+CATALOGUES: Final[Mapping[Language, Mapping[str, str]]] = MappingProxyType(
+    {language: _load(language) for language in get_args(Language)}
+)
+"""Every language's templates, key -> `str.format` template."""
+
+
+@dataclass(frozen=True)
+class IncidentContext:
+    """What every message of one rollback may mention."""
+
+    service: str
+    environment: str
+    reason: str = ""
+    incident: str | None = None
+    mentions: tuple[str, ...] = ()
+    run_url: str | None = None
+    language: Language = "fr"
+    alert: str | None = None  # "name (link)" of the alert that started it
+    previous: str | None = None  # an automatic rollback that just happened (`previous_rollback_line`)
+
+
+def text(key: str, language: Language, **values: object) -> str:
+    """One template, filled."""
+    return CATALOGUES[language][key].format(**values)
+
+
+def _lines(*lines: str | None) -> str:
+    return "\n".join(line for line in lines if line)
+
+
+def incident_message(ctx: IncidentContext, status: str | None = None) -> str:
+    """Seed message 1, the thread's root: incident detected, who is called, why, and the current status."""
+    lang = ctx.language
+    return _lines(
+        (" ".join(ctx.mentions) + " " if ctx.mentions else "") + text("incident", lang),
+        text("context", lang, service=ctx.service, environment=ctx.environment),
+        text("reason", lang, reason=ctx.reason) if ctx.reason else None,
+        text("incident_ref", lang, incident=ctx.incident) if ctx.incident else None,
+        text("alert_ref", lang, alert=ctx.alert) if ctx.alert else None,
+        ctx.previous,
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+        status or text("status_investigating", lang),
+    )
+
+
+def status_rolling_back(ctx: IncidentContext, sha: str) -> str:
+    """The root's status while the rollback runs."""
+    return text("status_rolling_back", ctx.language, short=sha[:7])
+
+
+def status_recovered(ctx: IncidentContext, sha: str, seconds: float) -> str:
+    """The root's status once healthy."""
+    return text("status_recovered", ctx.language, short=sha[:7], seconds=f"{seconds:.1f}")
+
+
+def status_failed(ctx: IncidentContext, step: str) -> str:
+    """The root's status after a failure."""
+    return text("status_failed", ctx.language, step=step)
+
+
+def rollback_started_message(ctx: IncidentContext, sha: str, compare_url: str | None = None) -> str:
+    """Seed message 2: the rollback starts towards this SHA."""
+    lang = ctx.language
+    return _lines(
+        text("rollback_started", lang, sha=sha),
+        text("compare_link", lang, url=compare_url) if compare_url else None,
+    )
+
+
+def recovered_message(
+    ctx: IncidentContext, sha: str, digest: str, seconds: float, deploy_url: str | None = None
+) -> str:
+    """Seed message 3: finished and healthy, with the time to recovery."""
+    lang = ctx.language
+    return _lines(
+        text("recovered", lang),
+        text("recovery_time", lang, seconds=f"{seconds:.1f}", short=sha[:7], digest=digest[:19]),
+        text("deploy_link", lang, url=deploy_url) if deploy_url else None,
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+    )
+
+
+def failure_message(ctx: IncidentContext, step: str, reason: str) -> str:
+    """The escalation: which step failed, why, and what a person must do now."""
+    lang = ctx.language
+    templates = CATALOGUES[lang]
+    action = templates.get(f"action.{step}", templates["action.generic"])
+    return _lines(
+        (" ".join(ctx.mentions) + " " if ctx.mentions else "")
+        + text("failed", lang, step=step, reason=reason, action=action),
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+    )
+
+
+def held_message(
+    language: Language, sha: str, rollback_url: str | None, alert: str | None, start_url: str | None
+) -> str:
+    """The reply in an automatic rollback's thread when the same incident still alerts: a person decides."""
+    return _lines(
+        text("held", language, short=sha[:7]),
+        text("alert_ref", language, alert=alert) if alert else None,
+        text("rollback_by_hand", language, url=start_url) if start_url else None,
+        text("run_link", language, url=rollback_url) if rollback_url else None,
+    )
+
+
+def previous_rollback_line(language: Language, sha: str, at: datetime, run_url: str | None) -> str:
+    """One line for a manual run's root message: an automatic rollback just happened (to what, when, which run)."""
+    line = text("previous_rollback", language, short=sha[:7], at=at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    return f"{line} ({run_url})" if run_url else line
+
+
+def rehearsal_summary(
+    language: Language, mode: str, service: str, environment: str, ready: bool, failed: Iterable[tuple[str, str]]
+) -> str:
+    """The rehearsal's report for Slack: ready, or not ready and each failed check (name, detail)."""
+    where = {"mode": mode, "service": service, "environment": environment}
+    if ready:
+        return text("rehearsal_ready", language, **where)
+    lines = [text("rehearsal_failed_check", language, check=check, detail=detail) for check, detail in failed]
+    return text("rehearsal_not_ready", language, **where) + "\n" + "\n".join(lines)

@@ -1,0 +1,52 @@
+"""English: every text Slack may be sent, key -> template (`str.format`), with the same keys and the same
+`{fields}` as every other language (tests/test_messages.py checks it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "incident": "Production incident detected. Investigation in progress.",
+        "rollback_started": "Starting the rollback procedure to version `{sha}`.",
+        "recovered": "Rollback finished. The system is operational again. A post-mortem analysis will follow.",
+        "failed": ":rotating_light: Rollback failed at step *{step}*: {reason}\nAction needed: {action}",
+        "context": "Service `{service}` · environment `{environment}`",
+        "reason": "Reason: {reason}",
+        "incident_ref": "Incident: {incident}",
+        "recovery_time": "Time to recovery: {seconds} s (version `{short}`, image `{digest}`)",
+        "run_link": "Run: {url}",
+        "status_investigating": "*Status:* investigating",
+        "status_rolling_back": "*Status:* rolling back to `{short}`",
+        "status_recovered": ":white_check_mark: *Status:* recovered in {seconds} s (version `{short}`)",
+        "status_failed": ":x: *Status:* failed at step {step}",
+        "alert_ref": "Alert: {alert}",
+        "compare_link": "Changes rolled back: {url}",
+        "deploy_link": "Deployment: {url}",
+        # After an automatic rollback: the same incident's later alerts do not roll back further.
+        "held": ":warning: Still alerting after the rollback to `{short}`: a person decides. "
+        "No further automatic rollback for this incident.",
+        "rollback_by_hand": "Roll back by hand from the Prefect UI: {url} (tick require_approval: "
+        "the run waits for an approval before deploying)",
+        "previous_rollback": ":information_source: An automatic rollback just happened: to `{short}` at {at}",
+        # What a person must do after a failure at each step (`action.<step>`); `action.generic` covers the rest.
+        "action.resolve-sha": "pick the stable SHA by hand from the branch history and run the rollback again with it.",
+        "action.verify-image": "check that this commit's image was pushed to the registry (or pick another SHA), "
+        "then run again.",
+        "action.deploy": "open the rollback workflow linked here, fix the cause and run again; "
+        "production may still run the unstable version.",
+        "action.health-check": "the version was redeployed but the service is not healthy: escalate to on-call, "
+        "check the dashboards and logs.",
+        "action.metric-check": "the version is redeployed but the error rate stays high: escalate to on-call, "
+        "check the dashboards; the cause may not be the last deploy.",
+        "action.smoke-checks": "the service answers but key features fail: check by hand and escalate.",
+        "action.approval": "nothing was deployed: run the rollback again, or choose another SHA.",
+        "action.generic": "open the Prefect run for details and follow the manual procedure.",
+        # The rehearsal's report in Slack (flows/rehearsal.py); its check names and details stay as the report has them.
+        "rehearsal_ready": "Rollback rehearsal ({mode}) of `{service}` in `{environment}`: ready.",
+        "rehearsal_not_ready": "Rollback rehearsal ({mode}) of `{service}` in `{environment}`: NOT READY.",
+        "rehearsal_failed_check": "- {check}: {detail}",
+    }
+)

@@ -1,0 +1,57 @@
+"""Français : chaque texte envoyé à Slack, clé -> modèle (`str.format`), avec les mêmes clés et les mêmes
+`{champs}` que les autres langues (tests/test_messages.py le vérifie)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # The first three are the seed's "Messages clés", word for word.
+        "incident": "Incident en production détecté. Investigation en cours.",
+        "rollback_started": "Déclenchement de la procédure de rollback vers la version `{sha}`.",
+        "recovered": "Rollback terminé. Le système est de nouveau opérationnel. "
+        "Une analyse post-mortem sera effectuée.",
+        "failed": ":rotating_light: Échec du rollback à l'étape *{step}* : {reason}\nAction requise : {action}",
+        "context": "Service `{service}` · environnement `{environment}`",
+        "reason": "Raison : {reason}",
+        "incident_ref": "Incident : {incident}",
+        "recovery_time": "Temps de rétablissement : {seconds} s (version `{short}`, image `{digest}`)",
+        "run_link": "Suivi : {url}",
+        "status_investigating": "*Statut :* investigation en cours",
+        "status_rolling_back": "*Statut :* rollback vers `{short}` en cours",
+        "status_recovered": ":white_check_mark: *Statut :* rétabli en {seconds} s (version `{short}`)",
+        "status_failed": ":x: *Statut :* échec à l'étape {step}",
+        "alert_ref": "Alerte : {alert}",
+        "compare_link": "Changements annulés : {url}",
+        "deploy_link": "Déploiement : {url}",
+        # After an automatic rollback: the same incident's later alerts do not roll back further.
+        "held": ":warning: Toujours en alerte après le rollback vers `{short}` : une personne décide. "
+        "Pas d'autre rollback automatique pour cet incident.",
+        "rollback_by_hand": "Rollback à la main depuis l'interface Prefect : {url} (cocher require_approval : "
+        "le run attend une approbation avant de déployer)",
+        "previous_rollback": ":information_source: Un rollback automatique vient d'avoir lieu : vers `{short}` à {at}",
+        # What a person must do after a failure at each step (`action.<step>`); `action.generic` covers the rest.
+        "action.resolve-sha": "choisir à la main le SHA stable dans l'historique de la branche "
+        "et relancer le rollback avec ce SHA.",
+        "action.verify-image": "vérifier que l'image de ce commit a été poussée au registre "
+        "(ou choisir un autre SHA), puis relancer.",
+        "action.deploy": "ouvrir le workflow de rollback indiqué, corriger la cause et relancer ; "
+        "la production tourne peut-être encore sur la version instable.",
+        "action.health-check": "la version a été redéployée mais le service n'est pas sain : escalader à l'astreinte, "
+        "vérifier les tableaux de bord et les logs.",
+        "action.metric-check": "la version est redéployée mais le taux d'erreur reste élevé : "
+        "escalader à l'astreinte, vérifier les tableaux de bord ; "
+        "la cause n'est peut-être pas le dernier déploiement.",
+        "action.smoke-checks": "le service répond mais des fonctionnalités clés échouent : "
+        "vérifier à la main et escalader.",
+        "action.approval": "rien n'a été déployé : relancer le rollback, ou choisir un autre SHA.",
+        "action.generic": "consulter le run Prefect pour le détail et suivre la procédure manuelle.",
+        # The rehearsal's report in Slack (flows/rehearsal.py); its check names and details stay as the report has them.
+        "rehearsal_ready": "Répétition du rollback ({mode}) de `{service}` en `{environment}` : prêt.",
+        "rehearsal_not_ready": "Répétition du rollback ({mode}) de `{service}` en `{environment}` : PAS PRÊT.",
+        "rehearsal_failed_check": "- {check} : {detail}",
+    }
+)
