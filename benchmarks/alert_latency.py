@@ -25,11 +25,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from commands.serve import POLL_SETTINGS, local_prefect_server  # noqa: E402
+from commands.serve import POLL_SETTINGS  # noqa: E402
 from sandbox.alert_bodies import alertmanager_body  # noqa: E402
 from sandbox.process import free_port  # noqa: E402
-from sandbox.serving import runbook_serve, server_env  # noqa: E402
-from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox  # noqa: E402
+from sandbox.serving import alerting_world, runbook_serve  # noqa: E402
+from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
 
@@ -45,16 +45,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="runbook-alert-bench-"))
-    with (
-        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as server,
-        Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
-    ):
+    # No hold: each trial is a new incident starting after the previous automatic rollback ended.
+    with alerting_world(work) as (server, sandbox, data):
         api, auth = server.api_url, server.headers
-        data = sandbox.config_data(
-            deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
-        )
-        # No hold: each trial is a new incident starting after the previous automatic rollback ended.
-        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
         config = sandbox.write_config(data, "bench.yaml")
         with runbook_serve(server, config, work, alert_token=TOKEN, port=free_port()) as serving:
             endpoint = f"{serving.alerts_url}/alerts/alertmanager"

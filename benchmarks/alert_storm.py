@@ -30,11 +30,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from commands.serve import local_prefect_server  # noqa: E402
 from sandbox.alert_bodies import alertmanager_body  # noqa: E402
 from sandbox.process import free_port  # noqa: E402
-from sandbox.serving import runbook_serve, server_env  # noqa: E402
-from sandbox.world import ENVIRONMENT, SERVICE, Sandbox  # noqa: E402
+from sandbox.serving import alerting_world, runbook_serve  # noqa: E402
+from sandbox.world import ENVIRONMENT, SERVICE  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -107,17 +106,10 @@ def main() -> None:
     args = parser.parse_args()
     names = services(args.services)
     work = Path(tempfile.mkdtemp(prefix="runbook-alert-storm-"))
-    with (
-        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as server,
-        Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
-    ):
+    with alerting_world(work) as (server, sandbox, data):
         api, auth = server.api_url, server.headers
-        data = sandbox.config_data(
-            deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
-        )
         template = data["services"].pop(SERVICE)
         data["services"] = {name: copy.deepcopy(template) for name in names}  # no YAML anchors
-        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
         config = sandbox.write_config(data, "storm.yaml")
         first_try: list[int] = []
         answer_times: list[float] = []

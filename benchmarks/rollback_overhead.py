@@ -32,7 +32,8 @@ from runbook.probes import run_health_check
 from runbook.running import find_running
 from runbook.service_images import find_image, image_exists, registry_client
 from runbook.slack import SlackPoster
-from runbook.targets import DeployRequest, build_target
+from runbook.targets import DeployRequest
+from runbook.targets.factory import build_target
 from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tasks.resolve_sha import resolve
 

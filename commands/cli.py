@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from runbook.errors import RunbookError
+
+if TYPE_CHECKING:  # for annotations only: like the commands, import runbook.config when it is used
+    from runbook.config import RunbookConfig, SecretRef
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The production-rollback runbook, on Prefect.")
 
@@ -34,7 +37,7 @@ def _fail(exc: RunbookError) -> None:
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration file; say what is wrong, key by key (exit 2 when invalid)."""
-    from runbook.config import check_alert_token, load_config
+    from runbook.config import load_config
 
     try:
         cfg = load_config(config)
@@ -44,7 +47,19 @@ def check_config(config: ConfigOption = None) -> None:
     for name, service in cfg.services.items():
         envs = ", ".join(f"{env} ({s.deploy.type})" for env, s in service.environments.items())
         typer.echo(f"service {name}: {service.repository}@{service.branch}, image {service.image}, {envs}")
-    refs = [("github.token", cfg.github.token), ("slack.token", cfg.slack.token)]
+    for key, ref in _secret_refs(cfg):
+        if ref is not None and ref.env is not None and not os.environ.get(ref.env):
+            typer.secho(f"warning: {key}: {ref.describe()} is not set here", fg=typer.colors.YELLOW)
+    try:
+        _check_alert_token_here(cfg)
+    except RunbookError as exc:
+        _fail(exc)
+    typer.echo("configuration is valid")
+
+
+def _secret_refs(cfg: RunbookConfig) -> list[tuple[str, SecretRef | None]]:
+    """Every secret reference in the configuration, keyed by where it is configured (unset ones as None)."""
+    refs: list[tuple[str, SecretRef | None]] = [("github.token", cfg.github.token), ("slack.token", cfg.slack.token)]
     refs += [("slack.webhook_url", cfg.slack.webhook_url)]
     refs += [("alerts.token", cfg.alerts.token if cfg.alerts else None)]
     refs += [(f"registries[{r.host}].password", r.password) for r in cfg.registries]
@@ -53,16 +68,16 @@ def check_config(config: ConfigOption = None) -> None:
         for name, service in cfg.services.items()
         for env_name, env in service.environments.items()
     ]
-    for key, ref in refs:
-        if ref is not None and ref.env is not None and not os.environ.get(ref.env):
-            typer.secho(f"warning: {key}: {ref.describe()} is not set here", fg=typer.colors.YELLOW)
+    return refs
+
+
+def _check_alert_token_here(cfg: RunbookConfig) -> None:
+    """Check the alert token when it is readable here: refused now rather than when `serve` starts."""
+    from runbook.config import check_alert_token
+
     alert_token = cfg.alerts.token if cfg.alerts else None
     if alert_token is not None and alert_token.env is not None and os.environ.get(alert_token.env):
-        try:  # readable here: refused now rather than when `serve` starts
-            check_alert_token(os.environ[alert_token.env], alert_token.describe())
-        except RunbookError as exc:
-            _fail(exc)
-    typer.echo("configuration is valid")
+        check_alert_token(os.environ[alert_token.env], alert_token.describe())
 
 
 @app.command()

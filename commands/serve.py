@@ -221,7 +221,7 @@ class AlertEndpoint:
         from runbook.alerts.launcher import PrefectLauncher
 
         self.app = create_app(config, PrefectLauncher("rollback/rollback"))
-        # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alerts.BODY_SECONDS.
+        # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alert_endpoint.BODY_SECONDS.
         settings = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE)
         server = uvicorn.Server(settings)
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alert-endpoint")

@@ -18,7 +18,8 @@ from runbook import repository as repo_api
 from runbook.config import EnvironmentSettings, RunbookConfig, ServiceSettings, SlackSettings
 from runbook.service_images import registry_client
 from runbook.slack import SlackPoster
-from runbook.targets import DeployTarget, build_target
+from runbook.targets import DeployTarget
+from runbook.targets.factory import build_target
 
 if TYPE_CHECKING:
     from github.Repository import Repository

@@ -46,6 +46,17 @@ DEFAULT_CONFIG_PATH = "runbook.yaml"
 CONFIG_ENV_VAR = "RUNBOOK_CONFIG"
 
 _NAME = r"^[a-z0-9][a-z0-9-]*$"
+_T = TypeVar("_T")
+
+
+def _named(value: dict[str, _T], kind: str) -> dict[str, _T]:
+    """`value` when every key is a valid name (also a Prefect tag and artifact key part); else a ValueError."""
+    for name in value:
+        if not re.fullmatch(_NAME, name):
+            raise ValueError(f"{kind} name {name!r} must be lowercase letters, digits and dashes")
+    return value
+
+
 _TAG_FIELDS = {"sha", "short_sha"}
 _REGISTRY_HOST = re.compile(r"([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
@@ -224,10 +235,7 @@ class ServiceSettings(_Model):
     @field_validator("environments")
     @classmethod
     def _env_names(cls, value: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
-        for name in value:
-            if not re.fullmatch(_NAME, name):
-                raise ValueError(f"environment name {name!r} must be lowercase letters, digits and dashes")
-        return value
+        return _named(value, "environment")
 
     def tag_for(self, sha: str) -> str:
         """The image tag built for a full commit SHA."""
@@ -273,10 +281,7 @@ class RunbookConfig(_Model):
     @field_validator("services")
     @classmethod
     def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
-        for name in value:
-            if not re.fullmatch(_NAME, name):
-                raise ValueError(f"service name {name!r} must be lowercase letters, digits and dashes")
-        return value
+        return _named(value, "service")
 
     def service(self, name: str) -> ServiceSettings:
         """A configured service, or a ConfigError listing the known ones."""

@@ -176,6 +176,14 @@ def parse_image_ref(image: str, tag: str) -> ImageRef:
     """
     image = image.strip()
     tag = tag.strip()
+    _check_bare_image(image)
+    registry, repository = _split_registry(image)
+    _check_ref_parts(image, registry, repository, tag)
+    return ImageRef(registry=registry, repository=repository, tag=tag)
+
+
+def _check_bare_image(image: str) -> None:
+    """Refuse an image name that is a URL or already carries a tag/digest (the tag comes from the SHA)."""
     if "://" in image:
         raise RegistryError(
             f"image name {image!r} contains a URL scheme",
@@ -186,6 +194,10 @@ def parse_image_ref(image: str, tag: str) -> ImageRef:
             f"image name {image!r} already carries a tag or digest",
             hint="give the image name without a tag (e.g. ghcr.io/acme/shop); the tag comes from the SHA",
         )
+
+
+def _split_registry(image: str) -> tuple[str, str]:
+    """(registry, repository) of an image name, Docker Hub spelled one way and its single names under library/."""
     first, sep, rest = image.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         registry, repository = first, rest
@@ -195,6 +207,11 @@ def parse_image_ref(image: str, tag: str) -> ImageRef:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"
+    return registry, repository
+
+
+def _check_ref_parts(image: str, registry: str, repository: str, tag: str) -> None:
+    """Validate host, repository and tag against the OCI distribution-spec grammar; say which part is wrong."""
     if not _HOST_RE.fullmatch(registry):
         raise RegistryError(
             f"registry host {registry!r} in image {image!r} is not a valid host[:port]",
@@ -210,7 +227,6 @@ def parse_image_ref(image: str, tag: str) -> ImageRef:
             f"tag {tag!r} for image {image!r} is not a valid tag",
             hint="a tag is 1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
         )
-    return ImageRef(registry=registry, repository=repository, tag=tag)
 
 
 def parse_challenges(header: str) -> list[Challenge]:
@@ -375,26 +391,9 @@ class RegistryClient:
         body: bytes | None = None
         if not _DIGEST_RE.fullmatch(digest):
             digest, media_type, size, body = self._digest_by_get(ref, path, media_type, size)
-        platforms: list[Platform] | None = None
-        if media_type in INDEX_MEDIA_TYPES and (wanted is not None or body is not None):
-            if body is None:
-                body = self._get_manifest(ref, digest)  # by digest: exactly the index HEAD described
-            platforms = index_platforms(body)
-            if platforms is None and wanted is not None:
-                raise RegistryError(
-                    f"registry {ref.registry} sent a {media_type} for {ref} that is not a valid index",
-                    hint="the image was pushed broken or a proxy altered it; rebuild and push it again",
-                )
-        elif wanted is not None:
-            log.info("%s is a single-platform manifest (%s): platform %s not checked", ref, media_type, wanted)
-        if wanted is not None and platforms is not None and not any(p.satisfies(wanted) for p in platforms):
-            present = ", ".join(str(p) for p in platforms) or "none"
-            # Not found for the platform that runs it: the last-known-good search skips such a commit.
-            raise ImageNotFoundError(
-                f"image {ref} ({digest}) has no manifest for platform {wanted}; it has: {present}",
-                hint=f"build and push {ref.tag} for {wanted} as well (add it to docker buildx build --platform), "
-                "or correct require_platform in the service's configuration",
-            )
+        platforms = self._platforms(ref, digest, media_type, body, wanted)
+        if wanted is not None and platforms is not None:
+            _require_platform(ref, digest, wanted, platforms)
         log.debug("%s: digest %s, %s, %s bytes", ref, digest, media_type, size)
         return ManifestInfo(
             image=str(ref),
@@ -403,6 +402,30 @@ class RegistryClient:
             size=size,
             platforms=tuple(str(p) for p in platforms or ()),
         )
+
+    def _platforms(
+        self, ref: ImageRef, digest: str, media_type: str, body: bytes | None, wanted: Platform | None
+    ) -> list[Platform] | None:
+        """The platforms of a multi-platform image, when worth knowing; None when not read or not an index.
+
+        The index is read only when a platform is required or its bytes are already here (GET fallback):
+        fetching it is a GET, which Docker Hub counts as a pull.
+        """
+        if media_type not in INDEX_MEDIA_TYPES:
+            if wanted is not None:
+                log.info("%s is a single-platform manifest (%s): platform %s not checked", ref, media_type, wanted)
+            return None
+        if wanted is None and body is None:
+            return None
+        if body is None:
+            body = self._get_manifest(ref, digest)  # by digest: exactly the index HEAD described
+        platforms = index_platforms(body)
+        if platforms is None and wanted is not None:
+            raise RegistryError(
+                f"registry {ref.registry} sent a {media_type} for {ref} that is not a valid index",
+                hint="the image was pushed broken or a proxy altered it; rebuild and push it again",
+            )
+        return platforms
 
     def _manifest_get(self, ref: ImageRef, path: str) -> httpx.Response:
         """GET a manifest; 404, 401/403 and other non-200 answers become the matching errors."""
@@ -561,61 +584,55 @@ class RegistryClient:
 
     def _fetch_token(self, ref: ImageRef, scope: str, challenge: Challenge) -> str:
         """Get a bearer token for `scope` from the challenge's realm (HTTP Basic if we have credentials)."""
-        realm = challenge.params.get("realm", "")
-        realm_url = httpx.URL(realm) if realm else None
-        if realm_url is None or realm_url.scheme not in ("http", "https") or not realm_url.host:
-            raise RegistryError(
-                f"registry {ref.registry} sent a Bearer challenge without a usable realm",
-                hint="check that the registry URL points at a registry, and its auth configuration",
-            )
+        realm_url = _realm_url(ref, challenge)
         realm_host = realm_url.netloc.decode()
         what = f"token service {realm_host} of registry {ref.registry}"
         # The challenge's own scope may be a placeholder (ghcr.io's /v2/ probe): build ours from the name.
         params = {"scope": scope}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
-        headers: dict[str, str] = {}
-        credentials = self._credentials_for(ref.registry)
-        if credentials is not None:
-            if realm_url.scheme != "https" and not self._is_insecure(realm_host):
-                raise RegistryError(
-                    f"{what} uses plain http; refusing to send the credentials for {ref.registry} over it",
-                    hint=f"use an https realm, or list {realm_host} in insecure_registries if intended",
-                )
-            headers["Authorization"] = _basic_header(credentials)
+        headers = self._token_request_headers(ref, realm_url, what)
         url = str(realm_url.copy_merge_params(params))
         response = self._send("GET", url, headers, what)
-        if response.status_code in (401, 403):
-            if credentials is not None:
-                raise RegistryError(
-                    f"{what} refused the credentials configured for {ref.registry} (HTTP {response.status_code})",
-                    hint=f"{self._check_credentials(ref.registry)} and that the account may pull {ref.repository}",
-                )
-            raise RegistryError(
-                f"{what} refused an anonymous token for {ref.repository} (HTTP {response.status_code})",
-                hint=f"the repository may be private: configure credentials for {ref.registry}",
-            )
         if response.status_code != 200:
-            raise RegistryError(
-                f"{what} answered HTTP {response.status_code} to a token request",
-                hint="check the registry's auth service status, then retry",
-            )
-        try:
-            body: Any = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(
-                f"{what} answered without a token",
-                hint="check that the realm in the registry's challenge is a Distribution token service",
-            )
-        expires_in = body.get("expires_in")
-        seconds = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 0.0
-        seconds = seconds or _DEFAULT_TOKEN_SECONDS
+            raise self._token_refused(ref, response.status_code, what, with_credentials="Authorization" in headers)
+        token, seconds = _token_from(response, what)
         # Renew a little early so a token does not expire between cache lookup and use.
         self._tokens[(ref.registry, scope)] = (token, time.monotonic() + max(seconds - 5, seconds / 2))
         return token
+
+    def _token_request_headers(self, ref: ImageRef, realm_url: httpx.URL, what: str) -> dict[str, str]:
+        """Basic auth for the token request when credentials are configured; none (anonymous) otherwise.
+
+        Credentials never go to a plain-http realm unless that host is loopback or listed as insecure.
+        """
+        credentials = self._credentials_for(ref.registry)
+        if credentials is None:
+            return {}
+        realm_host = realm_url.netloc.decode()
+        if realm_url.scheme != "https" and not self._is_insecure(realm_host):
+            raise RegistryError(
+                f"{what} uses plain http; refusing to send the credentials for {ref.registry} over it",
+                hint=f"use an https realm, or list {realm_host} in insecure_registries if intended",
+            )
+        return {"Authorization": _basic_header(credentials)}
+
+    def _token_refused(self, ref: ImageRef, status: int, what: str, *, with_credentials: bool) -> RegistryError:
+        """The error for a token request answered other than 200: refused credentials, private repo, or failure."""
+        if status in (401, 403) and with_credentials:
+            return RegistryError(
+                f"{what} refused the credentials configured for {ref.registry} (HTTP {status})",
+                hint=f"{self._check_credentials(ref.registry)} and that the account may pull {ref.repository}",
+            )
+        if status in (401, 403):
+            return RegistryError(
+                f"{what} refused an anonymous token for {ref.repository} (HTTP {status})",
+                hint=f"the repository may be private: configure credentials for {ref.registry}",
+            )
+        return RegistryError(
+            f"{what} answered HTTP {status} to a token request",
+            hint="check the registry's auth service status, then retry",
+        )
 
     # --- transport --------------------------------------------------------------------------------
 
@@ -676,6 +693,48 @@ class RegistryClient:
             f"registry redirected more than {_MAX_REDIRECTS} times starting from {url}",
             hint="check the registry URL; the registry or a proxy is redirecting in a loop",
         )
+
+
+def _require_platform(ref: ImageRef, digest: str, wanted: Platform, platforms: list[Platform]) -> None:
+    """ImageNotFoundError when none of the index's `platforms` runs on `wanted`."""
+    if any(p.satisfies(wanted) for p in platforms):
+        return
+    present = ", ".join(str(p) for p in platforms) or "none"
+    # Not found for the platform that runs it: the last-known-good search skips such a commit.
+    raise ImageNotFoundError(
+        f"image {ref} ({digest}) has no manifest for platform {wanted}; it has: {present}",
+        hint=f"build and push {ref.tag} for {wanted} as well (add it to docker buildx build --platform), "
+        "or correct require_platform in the service's configuration",
+    )
+
+
+def _realm_url(ref: ImageRef, challenge: Challenge) -> httpx.URL:
+    """The Bearer challenge's realm as an http(s) URL with a host, else RegistryError."""
+    realm = challenge.params.get("realm", "")
+    realm_url = httpx.URL(realm) if realm else None
+    if realm_url is None or realm_url.scheme not in ("http", "https") or not realm_url.host:
+        raise RegistryError(
+            f"registry {ref.registry} sent a Bearer challenge without a usable realm",
+            hint="check that the registry URL points at a registry, and its auth configuration",
+        )
+    return realm_url
+
+
+def _token_from(response: httpx.Response, what: str) -> tuple[str, float]:
+    """The token of a token service's 200 answer and its lifetime in seconds (a default when not given)."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise RegistryError(
+            f"{what} answered without a token",
+            hint="check that the realm in the registry's challenge is a Distribution token service",
+        )
+    expires_in = body.get("expires_in")
+    seconds = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 0.0
+    return token, seconds or _DEFAULT_TOKEN_SECONDS
 
 
 def _configured_key(registry: str, configured: Mapping[str, object]) -> str | None:

@@ -10,11 +10,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from commands.serve import LocalServer
+from commands.serve import LocalServer, local_prefect_server
 from runbook.processes import stop_process
+from sandbox.process import free_port
+from sandbox.world import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +85,21 @@ def runbook_serve(
         yield ServeProcess(process, log, alerts_url)
     finally:
         stop_process(process, timeout=20)
+
+
+@contextmanager
+def alerting_world(work: Path) -> Iterator[tuple[LocalServer, Sandbox, dict[str, Any]]]:
+    """A real Prefect server (SQLite) and the sandbox, with a configuration to serve for alerts (the benchmarks').
+
+    The configuration's deploy is quick (the stand-in's workflow runs at once) and has no hold: each alert is a
+    new incident. `alerts.token` reads $RUNBOOK_ALERT_TOKEN (`runbook_serve(alert_token=...)` sets it).
+    """
+    with (
+        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as server,
+        Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
+    ):
+        data = sandbox.config_data(
+            deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
+        )
+        data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}, "hold_minutes": 0}
+        yield server, sandbox, data

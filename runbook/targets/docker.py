@@ -156,6 +156,102 @@ def _os_error(exc: BaseException) -> str | None:
     return None
 
 
+def _service_containers(found: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Listed containers without those a rollback renamed aside (old or new), which carry the same labels."""
+    return [c for c in found if not any(OLD_SUFFIX in n or NEW_SUFFIX in n for n in c.get("Names") or [])]
+
+
+def _describe_containers(found: list[Mapping[str, Any]]) -> str:
+    """`name (state), ...` of listed containers, or `none`."""
+    return ", ".join(f"{(c.get('Names') or ['?'])[0].lstrip('/')} ({c.get('State')})" for c in found) or "none"
+
+
+def _is_extra_network(network: str, mode: str) -> bool:
+    """Whether `network` must be connected after create: not the network mode (given at create), not host/none,
+    and not `bridge` under the `default` mode (which is bridge)."""
+    if network == mode or network in ("host", "none"):
+        return False
+    return not (mode == "default" and network == "bridge")
+
+
+def _connect_kwargs(endpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """connect_container_to_network() arguments for an endpoint as create wants it (see `_endpoint`)."""
+    ipam = endpoint.get("IPAMConfig") or {}
+    return {
+        "aliases": endpoint.get("Aliases"),
+        "links": [tuple(link.split(":", 1)) for link in endpoint.get("Links") or []] or None,
+        "ipv4_address": ipam.get("IPv4Address") or None,
+        "ipv6_address": ipam.get("IPv6Address") or None,
+        "link_local_ips": ipam.get("LinkLocalIPs") or None,
+        "driver_opt": endpoint.get("DriverOpts"),
+    }
+
+
+def _start_failure(state: Mapping[str, Any], restarts: int) -> str | None:
+    """What went wrong with a just-started container, judging by one inspection; None when it may still come up.
+
+    A container restarted but running again (`restarts`, running) is not judged here: its State no longer
+    holds the exit code, so the caller waits briefly for the next exit.
+    """
+    status = state.get("Status")
+    if state.get("Restarting") or (restarts and status in ("exited", "dead")):
+        return f"exited with code {state.get('ExitCode')} and is being restarted by its restart policy"
+    if restarts:
+        return None
+    if status in ("exited", "dead"):
+        error = f": {state['Error']}" if state.get("Error") else ""
+        return f"exited with code {state.get('ExitCode')} right after it started{error}"
+    if status == "running" and _health(state) == "unhealthy":
+        return "is unhealthy (its image's HEALTHCHECK fails)"
+    return None
+
+
+def _health(state: Mapping[str, Any]) -> str | None:
+    """The HEALTHCHECK status (`starting`, `healthy`, `unhealthy`), None when the image has no health check."""
+    return (state.get("Health") or {}).get("Status")
+
+
+class _StartWatch:
+    """The clock of one wait for a just-started container: its deadline and when it was first seen up or restarted."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.settle = min(_SETTLE_SECONDS, timeout / 2)
+        self.running_since: float | None = None
+        self.restarted_since: float | None = None
+
+    def restarted(self, restarts: int) -> str | None:
+        """What to report about a container restarted by its policy and running again; None: wait a bit more.
+
+        Its State no longer holds the exit code. A crashing image exits again within moments; wait briefly
+        for that to name the code, else say what is known.
+        """
+        self.restarted_since = self.restarted_since or time.monotonic()
+        if time.monotonic() - self.restarted_since >= _SETTLE_SECONDS or time.monotonic() > self.deadline:
+            return f"exited and was restarted {restarts} time(s) by its restart policy"
+        return None
+
+    def up(self, state: Mapping[str, Any]) -> bool:
+        """Running and healthy, or running (health not yet known or no health check) for `settle` seconds."""
+        if state.get("Status") != "running":
+            return False
+        if _health(state) == "healthy":
+            return True
+        # A container still running this long after start did not crash at once.
+        self.running_since = self.running_since or time.monotonic()
+        return time.monotonic() - self.running_since >= self.settle
+
+    def timed_out(self, state: Mapping[str, Any]) -> str | None:
+        """`was not up within ...` once the deadline has passed, with the last status and health seen."""
+        if time.monotonic() <= self.deadline:
+            return None
+        health = _health(state)
+        return f"was not up within {self.timeout:.0f} s (status {state.get('Status')}" + (
+            f", health {health})" if health else ")"
+        )
+
+
 def build(config: RunbookConfig, service_name: str, environment: str) -> DockerDeployTarget:
     """The Docker target of an environment, with the configured registries' credentials (read now)."""
     return DockerDeployTarget(
@@ -306,33 +402,35 @@ class DockerDeployTarget:
     def _find(self, client: Any) -> dict[str, Any]:
         """The inspected container of the service, or DeployError naming what was found."""
         if self._settings.container is not None:
-            name = self._settings.container
-            try:
-                attrs: dict[str, Any] = client.api.inspect_container(name)
-            except NotFound:
-                raise DeployError(
-                    f"no container named {name!r} on the Docker engine at {self.host}",
-                    hint="check deploy.container in the configuration (`docker ps -a` on that engine lists them)",
-                ) from None
-            except _DOCKER_ERRORS as exc:
-                raise self._error(f"looking up container {name}", exc) from None
-            return attrs
-        label = str(self._settings.label)
+            return self._find_by_name(client, self._settings.container)
+        return self._find_by_label(client, str(self._settings.label))
+
+    def _find_by_name(self, client: Any, name: str) -> dict[str, Any]:
+        """deploy.container: the container with that name, or DeployError saying there is none."""
+        try:
+            attrs: dict[str, Any] = client.api.inspect_container(name)
+        except NotFound:
+            raise DeployError(
+                f"no container named {name!r} on the Docker engine at {self.host}",
+                hint="check deploy.container in the configuration (`docker ps -a` on that engine lists them)",
+            ) from None
+        except _DOCKER_ERRORS as exc:
+            raise self._error(f"looking up container {name}", exc) from None
+        return attrs
+
+    def _find_by_label(self, client: Any, label: str) -> dict[str, Any]:
+        """deploy.label: the one container carrying it (running ones preferred), or DeployError listing them."""
         found = self._call(
             f"listing containers with label {label}",
             lambda: client.api.containers(all=True, filters={"label": label}),
         )
-        # A previous container kept by an unfinished rollback carries the same labels: not the service.
-        found = [c for c in found if not any(OLD_SUFFIX in n or NEW_SUFFIX in n for n in c.get("Names") or [])]
+        found = _service_containers(found)
         running = [c for c in found if c.get("State") in ("running", "restarting")]
         chosen = running if running else found  # a crashed service (exited) can be rolled back too
         if len(chosen) != 1:
-            described = (
-                ", ".join(f"{(c.get('Names') or ['?'])[0].lstrip('/')} ({c.get('State')})" for c in found) or "none"
-            )
             raise DeployError(
                 f"{len(chosen)} {'running ' if running else ''}containers have label {label} on the Docker engine "
-                f"at {self.host}, expected exactly one: {described}",
+                f"at {self.host}, expected exactly one: {_describe_containers(found)}",
                 hint="make deploy.label select only the service's container, or use deploy.container (its name)",
             )
         container_id = str(chosen[0]["Id"])
@@ -539,26 +637,11 @@ class DockerDeployTarget:
         """Networks the old container was connected to besides its network mode (connected after create)."""
         mode = str((old.get("HostConfig") or {}).get("NetworkMode") or "")
         networks = (old.get("NetworkSettings") or {}).get("Networks") or {}
-        extra = []
-        for network, settings in networks.items():
-            if network == mode or network in ("host", "none") or (mode == "default" and network == "bridge"):
-                continue
-            endpoint = self._endpoint(str(old["Id"]), settings)
-            ipam = endpoint.pop("IPAMConfig", None) or {}
-            extra.append(
-                (
-                    network,
-                    {
-                        "aliases": endpoint.get("Aliases"),
-                        "links": [tuple(link.split(":", 1)) for link in endpoint.get("Links") or []] or None,
-                        "ipv4_address": ipam.get("IPv4Address") or None,
-                        "ipv6_address": ipam.get("IPv6Address") or None,
-                        "link_local_ips": ipam.get("LinkLocalIPs") or None,
-                        "driver_opt": endpoint.get("DriverOpts"),
-                    },
-                )
-            )
-        return extra
+        return [
+            (network, _connect_kwargs(self._endpoint(str(old["Id"]), settings)))
+            for network, settings in networks.items()
+            if _is_extra_network(network, mode)
+        ]
 
     # -- the swap ------------------------------------------------------------------------------------
 
@@ -637,44 +720,25 @@ class DockerDeployTarget:
 
     def _wait_started(self, client: Any, container_id: str) -> str | None:
         """None once the container runs (settled, or healthy); else what went wrong."""
-        timeout = self._settings.start_timeout_seconds
-        deadline = time.monotonic() + timeout
-        settle = min(_SETTLE_SECONDS, timeout / 2)
-        running_since: float | None = None
-        restarted_since: float | None = None
-        status: str | None = None
-        health: str | None = None
+        watch = _StartWatch(self._settings.start_timeout_seconds)
         while True:
             attrs = client.api.inspect_container(container_id)
             state = attrs.get("State") or {}
-            status = state.get("Status")
-            health = (state.get("Health") or {}).get("Status")
             restarts = attrs.get("RestartCount") or 0
-            if state.get("Restarting") or (restarts and status in ("exited", "dead")):
-                return f"exited with code {state.get('ExitCode')} and is being restarted by its restart policy"
+            failure = _start_failure(state, restarts)
+            if failure is not None:
+                return failure
             if restarts:
-                # Restarted and running again: its State no longer holds the exit code. A crashing image exits
-                # again within moments; wait briefly for that to name the code, else say what is known.
-                restarted_since = restarted_since or time.monotonic()
-                if time.monotonic() - restarted_since >= _SETTLE_SECONDS or time.monotonic() > deadline:
-                    return f"exited and was restarted {restarts} time(s) by its restart policy"
-                time.sleep(0.05)
+                failure = watch.restarted(restarts)
+                if failure is not None:
+                    return failure
+                time.sleep(0.05)  # poll fast: the next exit is expected within moments
                 continue
-            if status in ("exited", "dead"):
-                error = f": {state['Error']}" if state.get("Error") else ""
-                return f"exited with code {state.get('ExitCode')} right after it started{error}"
-            if status == "running":
-                if health == "unhealthy":
-                    return "is unhealthy (its image's HEALTHCHECK fails)"
-                if health == "healthy":
-                    return None
-                running_since = running_since or time.monotonic()
-                if time.monotonic() - running_since >= settle:
-                    return None
-            if time.monotonic() > deadline:
-                return f"was not up within {timeout:.0f} s (status {status}" + (
-                    f", health {health})" if health else ")"
-                )
+            if watch.up(state):
+                return None
+            failure = watch.timed_out(state)
+            if failure is not None:
+                return failure
             time.sleep(0.1)
 
     def _logs(self, client: Any, container_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,16 +120,7 @@ def test_unusable_sha_changes_and_posts_nothing(sandbox: Sandbox, given: str, ex
 
 def test_health_never_passes_escalates(sandbox: Sandbox) -> None:
     sandbox.app.broken.add(sandbox.commits.last_known_good)
-    config = sandbox.write_config(
-        sandbox.config_data(
-            health={
-                "probes": [{"url": f"{sandbox.app.url}/health"}],
-                "deadline_seconds": 1,
-                "interval_seconds": 0.1,
-            }
-        ),
-        "short-deadline.yaml",
-    )
+    config = _short_health_deadline(sandbox)
 
     state = run(sandbox, config=config)
 
@@ -169,16 +161,7 @@ def test_retried_run_deploys_once_and_keeps_one_thread(sandbox: Sandbox) -> None
     """A failed run retried (same flow run, as the UI's Retry does) reuses the SHA, thread and deploy."""
     good = sandbox.commits.last_known_good
     sandbox.app.broken.add(good)
-    config = sandbox.write_config(
-        sandbox.config_data(
-            health={
-                "probes": [{"url": f"{sandbox.app.url}/health"}],
-                "deadline_seconds": 1,
-                "interval_seconds": 0.1,
-            }
-        ),
-        "short-deadline.yaml",
-    )
+    config = _short_health_deadline(sandbox)
     # A person answers the escalation by fixing the service: the next attempt finds it healthy.
     sandbox.slack.on_message = lambda message: "health-check" in message.text and sandbox.app.broken.discard(good)
 
@@ -247,3 +230,9 @@ def test_a_version_rolled_back_from_is_never_a_last_known_good_again(sandbox: Sa
     state = run(sandbox, reason="second incident")
     assert state.is_completed(), state.message
     assert state.result().to_sha == good  # not the first broken version, although it is newer
+
+
+def _short_health_deadline(sandbox: Sandbox) -> Path:
+    """The sandbox's configuration with a health check that gives up after 1 s."""
+    health = {"probes": [{"url": f"{sandbox.app.url}/health"}], "deadline_seconds": 1, "interval_seconds": 0.1}
+    return sandbox.write_config(sandbox.config_data(health=health), "short-deadline.yaml")

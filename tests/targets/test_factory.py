@@ -9,10 +9,9 @@ import pytest
 
 from runbook.config import DeploySettings, RunbookConfig, parse_config
 from runbook.errors import ConfigError
-from runbook.targets import build_target
 from runbook.targets.docker import DockerDeployTarget
 from runbook.targets.docker_settings import DockerTarget
-from runbook.targets.factory import TARGET_FACTORIES, target_factory
+from runbook.targets.factory import TARGET_FACTORIES, build_target, target_factory
 from runbook.targets.github_actions import GitHubActionsDeployTarget
 from runbook.targets.webhook import WebhookDeployTarget
 from runbook.targets.webhook_settings import WebhookTarget

@@ -8,7 +8,8 @@ from prefect.logging import disable_run_logger
 
 from runbook.config import RunbookConfig, load_config
 from runbook.errors import DeployError
-from runbook.targets import DeployRequest, DeployTarget, build_target
+from runbook.targets import DeployRequest, DeployTarget
+from runbook.targets.factory import build_target
 from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 from tasks.deploy import deploy
 

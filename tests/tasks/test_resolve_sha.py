@@ -9,7 +9,7 @@ from runbook.config import RunbookConfig, load_config
 from runbook.errors import AlreadyRunningError, CommitNotFoundError, ShaError
 from runbook.running import GITHUB_DEPLOYMENTS, VERSION_PROBE, RunningVersion, find_running
 from runbook.service_images import image_exists, registry_client
-from runbook.targets import build_target
+from runbook.targets.factory import build_target
 from sandbox.registry import delete_tag
 from sandbox.world import ENVIRONMENT, REPOSITORY, SERVICE, Sandbox
 from tasks.resolve_sha import Resolution, resolve
