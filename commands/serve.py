@@ -178,11 +178,8 @@ def local_prefect_server(
                     "the local Prefect server exited at start",
                     hint=b"".join(tail).decode(errors="replace")[-800:],
                 )
-            try:
-                if httpx.get(f"{api}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if own_server_answers(api, auth_string, host, port):
+                break
             if time.monotonic() > deadline:
                 raise RunbookError(f"the local Prefect server did not answer within {timeout:.0f} s")
             time.sleep(0.3)
@@ -192,6 +189,27 @@ def local_prefect_server(
         drain.join(timeout=5)  # the end of its stderr: the process has exited
         if process.stderr:
             process.stderr.close()
+
+
+def own_server_answers(api: str, auth_string: str, host: str, port: int) -> bool:
+    """Whether the server started here answers; RunbookError when another one took the port meanwhile.
+
+    `/api/health` answers anyone: a server that refuses this one's auth string is not the one started here (two
+    processes picked the same free port; the first to bind serves both), and must not be used as if it were.
+    """
+    try:
+        if httpx.get(f"{api}/health", timeout=1).status_code != 200:
+            return False
+        token = base64.b64encode(auth_string.encode()).decode()
+        ours = httpx.get(f"{api}/admin/version", headers={"Authorization": f"Basic {token}"}, timeout=2)
+    except httpx.HTTPError:
+        return False
+    if ours.status_code == 401:
+        raise RunbookError(
+            f"port {port} on {host} is served by another Prefect server, which took it while this one started",
+            hint="start again on another port",
+        )
+    return ours.status_code == 200
 
 
 def bind_alert_port(host: str, port: int) -> socket.socket:

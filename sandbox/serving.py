@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from commands.serve import LocalServer, local_prefect_server
+from runbook.errors import RunbookError
 from runbook.processes import stop_process
 from sandbox.process import free_port
 from sandbox.world import Sandbox
@@ -41,6 +42,23 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             pass
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def prefect_server(home: str, *, timeout: float = 120, **extra: str) -> Iterator[LocalServer]:
+    """A real `prefect server start` with its own home, on a free port (SQLite unless `extra` says otherwise).
+
+    A free port is only free until someone binds it: when another server took it while this one started (two
+    processes of the tests picked the same), start again on another one.
+    """
+    for attempt in range(3):
+        try:
+            with local_prefect_server(port=free_port(), env=server_env(home, **extra), timeout=timeout) as server:
+                yield server
+                return
+        except RunbookError as exc:
+            if "served by another Prefect server" not in str(exc) or attempt == 2:
+                raise
 
 
 @dataclass
@@ -95,7 +113,7 @@ def alerting_world(work: Path) -> Iterator[tuple[LocalServer, Sandbox, dict[str,
     new incident. `alerts.token` reads $RUNBOOK_ALERT_TOKEN (`runbook_serve(alert_token=...)` sets it).
     """
     with (
-        local_prefect_server(port=free_port(), env=server_env(str(work / "server-home")), timeout=120) as server,
+        prefect_server(str(work / "server-home")) as server,
         Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
     ):
         data = sandbox.config_data(

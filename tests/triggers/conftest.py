@@ -7,9 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from commands.serve import LocalServer, local_prefect_server
-from sandbox.process import free_port
-from sandbox.serving import server_env
+from commands.serve import LocalServer
+from sandbox.serving import prefect_server
 from sandbox.world import Sandbox
 from tests.support.served import Served, serving
 
@@ -18,7 +17,7 @@ from tests.support.served import Served, serving
 def prefect_api() -> Iterator[LocalServer]:
     """A real `prefect server start` on SQLite, on a free port, wanting the auth string it made in its home."""
     home = tempfile.mkdtemp(prefix="runbook-server-")
-    with local_prefect_server(port=free_port(), env=server_env(home), timeout=90) as server:
+    with prefect_server(home, timeout=90) as server:
         yield server
 
 

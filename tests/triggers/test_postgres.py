@@ -16,10 +16,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from commands.serve import local_prefect_server
 from sandbox.postgres import PostgresServer
-from sandbox.process import free_port
-from sandbox.serving import server_env
+from sandbox.serving import prefect_server
 from sandbox.serving import wait_for as _wait
 from sandbox.world import Sandbox
 from tests.support.prefect_api import create_run, wait_terminal
@@ -66,9 +64,7 @@ def test_a_run_created_through_the_api_completes_on_postgresql(tmp_path: Path) -
     server_home = tmp_path / "server-home"
     with (
         PostgresServer() as pg,
-        local_prefect_server(
-            port=free_port(), env=server_env(str(server_home), **{DATABASE_URL_SETTING: pg.url}), timeout=120
-        ) as server,
+        prefect_server(str(server_home), **{DATABASE_URL_SETTING: pg.url}) as server,
     ):
         # The server migrated PostgreSQL, and kept no SQLite database on the side.
         assert query(pg.dsn, "select count(*) from flow_run")[0][0] == 0

@@ -109,3 +109,14 @@ def test_the_trigger_is_what_the_runbook_knows() -> None:
     assert derive_trigger(drill=False, alert=True, scheduled=True) == "alert"
     assert derive_trigger(drill=False, alert=False, scheduled=True) == "schedule"
     assert derive_trigger(drill=False, alert=False, scheduled=False) == "manual"
+
+
+def test_a_server_that_refuses_the_auth_string_is_never_taken_for_the_one_started(prefect_api: LocalServer) -> None:
+    # Two processes that picked the same free port: the first to bind serves both. The second's start must not
+    # go on with a server whose every answer would be a 401.
+    from commands.serve import own_server_answers
+
+    host, port = "127.0.0.1", int(prefect_api.api_url.rsplit(":", 1)[1].split("/")[0])
+    assert own_server_answers(prefect_api.api_url, prefect_api.auth_string, host, port)
+    with pytest.raises(RunbookError, match="served by another Prefect server"):
+        own_server_answers(prefect_api.api_url, "runbook:another-server-s-string", host, port)

@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 
-from commands.serve import LocalServer, local_prefect_server
-from sandbox.process import free_port
-from sandbox.serving import ROOT, server_env
+from commands.serve import LocalServer
+from sandbox.serving import ROOT, prefect_server, server_env
 from tests.support.prefect_api import api, create_run, wait_terminal
 from tests.support.served import Served
 
@@ -46,7 +45,7 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
 
 def test_prefect_deploy_all_with_a_process_work_pool(tmp_path: Any) -> None:
     """`prefect deploy --all` from prefect.yaml works, and the form shows a person's fields only."""
-    with local_prefect_server(port=free_port(), env=server_env(str(tmp_path / "server")), timeout=90) as server:
+    with prefect_server(str(tmp_path / "server"), timeout=90) as server:
         _deploy_all(server, tmp_path)
 
 
