@@ -15,6 +15,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.rollback import rollback
 from runbook.config import CONFIG_ENV_VAR
+from runbook.hold import variable_name
 from sandbox.world import ENVIRONMENT, SERVICE, Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -113,3 +114,41 @@ def test_approval_timeout_deploys_nothing(sandbox: Sandbox) -> None:
     assert state.is_failed()
     assert "nobody approved the rollback within 2 s" in sandbox.slack.messages[-1].text
     assert sandbox.github.dispatches() == []
+
+
+def _run_with_context(context: dict[str, Any]) -> Any:
+    """A `rollback` run created through the API with this run context, run here (as a runner would)."""
+    from prefect.flow_engine import run_flow_sync
+
+    with get_client(sync_client=True) as client:
+        created = client.create_flow_run(
+            rollback, parameters={"service": SERVICE, "environment": ENVIRONMENT}, context=context
+        )
+    return run_flow_sync(rollback, flow_run=created, parameters=created.parameters, return_type="state")
+
+
+def test_a_malformed_alert_context_fails_the_run_before_anything(sandbox: Sandbox) -> None:
+    # Only the alert endpoint sets it; whoever else does gets a clear refusal, and nothing changes or is posted.
+    state = _run_with_context({"runbook_alert": {"name": "HighErrorRate", "labels": "not a mapping"}})
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "alert context is malformed" in message and "starts_at" in message and "labels" in message
+    assert sandbox.slack.messages == [] and sandbox.github.dispatches() == []
+    assert sandbox.app.version == sandbox.commits.broken
+
+
+def test_an_alert_in_the_run_context_makes_an_automatic_rollback(sandbox: Sandbox) -> None:
+    started = "2026-08-20T10:12:30.123000+00:00"
+    alert = {"name": "HighErrorRate", "labels": {"service": SERVICE}, "starts_at": started, "group_key": "g"}
+    try:
+        state = _run_with_context({"runbook_alert": alert})
+    finally:  # the hold it leaves (one incident, one automatic rollback) must not hold other tests' alerts
+        with get_client(sync_client=True) as client:
+            if client.read_variable_by_name(variable_name(SERVICE, ENVIRONMENT)) is not None:
+                client.delete_variable_by_name(variable_name(SERVICE, ENVIRONMENT))
+    summary = state.result()
+    assert summary.outcome == "recovered" and sandbox.app.version == sandbox.commits.last_known_good
+    # Detected when the alert started (its time to recovery counts from then), and the alert named everywhere.
+    assert "**Trigger:** alert" in summary.postmortem and "HighErrorRate" in summary.postmortem
+    assert "2026-08-20 10:12:30.123 UTC" in summary.postmortem
+    assert any("HighErrorRate" in m.text for m in sandbox.slack.messages)
