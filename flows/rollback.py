@@ -359,10 +359,12 @@ class _Rollback:
     ) -> DeployResult:
         """Seed 3.2: the image by digest replaces the unstable one, through the environment's deploy target."""
         journal = self.journal
-        # Resolving asked the target first which version runs: not asked twice (a resumed rollout asks it now).
+        # Resolving asked the target first which version runs: not asked twice. A resumed rollout, or a Retry
+        # (whose resolution may come from the first attempt's cache, before a deploy that died), asks it now.
         said = resolution.running if resolution.running_from_target else None
+        asked = unfinished is None and journal.attempt == 1
         with journal.step("deploy") as step:
-            result = deploy(self.clients.target, request, said, asked=unfinished is None)
+            result = deploy(self.clients.target, request, said, asked=asked)
             step.detail = result.detail
             step.state = "skipped" if result.skipped else "completed"
             if result.link:

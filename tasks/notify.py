@@ -12,7 +12,6 @@ from runbook.slack import Posted, SlackPoster
 from tasks.policy import NO_CACHE, run_once
 
 __all__ = [
-    "Posted",
     "check_slack",
     "notify_channel",
     "notify_incident",
