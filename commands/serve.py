@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from commands.warm import WarmRuns
 from runbook.config import CONFIG_ENV_VAR, RunbookConfig, load_config
 from runbook.errors import RunbookError
 from runbook.processes import stop_process
@@ -49,6 +50,8 @@ POLL_SETTINGS = {
 }
 #: Seconds an idle connection to the alert endpoint is kept open (uvicorn's `timeout_keep_alive`).
 KEEP_ALIVE = 5
+#: Seconds a stopping `serve` waits for the rollbacks in progress to finish.
+DRAIN_SECONDS = 600
 #: Connections the alert port queues while the endpoint is starting (bound before the runner starts).
 ALERT_BACKLOG = 128
 
@@ -232,13 +235,13 @@ def bind_alert_port(host: str, port: int) -> socket.socket:
 class AlertEndpoint:
     """The alert endpoint: uvicorn in a thread, on a socket bound beforehand, reconfigurable on reload."""
 
-    def __init__(self, config: RunbookConfig, sock: socket.socket) -> None:
+    def __init__(self, config: RunbookConfig, sock: socket.socket, warm: WarmRuns) -> None:
         import uvicorn
 
         from commands.alert_endpoint import create_app
         from runbook.alerts.launcher import PrefectLauncher
 
-        self.app = create_app(config, PrefectLauncher("rollback/rollback"))
+        self.app = create_app(config, PrefectLauncher("rollback/rollback", hand_to=warm.run_owned))
         # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alert_endpoint.BODY_SECONDS.
         settings = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE)
         server = uvicorn.Server(settings)
@@ -267,13 +270,18 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
             from prefect.exceptions import TerminationSignal
             from prefect.runner import Runner
 
+            from commands.ready_keeper import ReadyKeeper
             from deployments.spec import runner_deployments
+            from flows.rollback import rollback
 
             runner = Runner(pause_on_shutdown=True)  # what prefect.serve() makes; kept to add deployments on reload
             deployments = runner_deployments(config)
-            for deployment in deployments:  # registered before the endpoint answers: never a service they refuse
-                runner.add_deployment(deployment)
-            endpoint = AlertEndpoint(config, sock) if sock is not None else None
+            registered = register(runner, deployments)  # before the endpoint answers: never a service they refuse
+            warm = WarmRuns(rollback, registered["rollback"])
+            warm.start()
+            keeper = ReadyKeeper()  # each service's way back, resolved ahead of its incident (runbook/ready.py)
+            keeper.start()
+            endpoint = AlertEndpoint(config, sock, warm) if sock is not None else None
             if endpoint is not None:
                 endpoint.start()
                 print(f"alert endpoint: http://{alerts_host}:{alerts_port}/alerts/alertmanager (and /alerts/grafana)")
@@ -285,8 +293,14 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
                 threading.Thread(target=reload, args=(runner, endpoint, reloading), name="reload", daemon=True).start()
 
             signal.signal(signal.SIGHUP, on_sighup)
-            with suppress(KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM: the runner stops
-                asyncio.run(runner.start())
+            try:
+                with suppress(KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM: the runner stops
+                    asyncio.run(runner.start())
+            finally:
+                keeper.stop()
+                left = warm.drain(timeout=DRAIN_SECONDS)  # the rollbacks in progress finish first
+                if left:
+                    print(f"stopped with {len(left)} rollback run(s) still in progress: {left}", file=sys.stderr)
     finally:
         if sock is not None:
             sock.close()
@@ -306,8 +320,7 @@ def reload(runner: Any, endpoint: AlertEndpoint | None, lock: threading.Lock) ->
         try:
             config = load_config()
             deployments = runner_deployments(config)
-            for deployment in deployments:
-                runner.add_deployment(deployment)
+            register(runner, deployments)
             if endpoint is not None and config.alerts is not None:
                 endpoint.reconfigure(config)
         except Exception as exc:  # whatever failed, `serve` goes on with what it had
@@ -318,6 +331,21 @@ def reload(runner: Any, endpoint: AlertEndpoint | None, lock: threading.Lock) ->
         services = ", ".join(sorted(config.services))
         print(f"configuration reloaded: services {services}; deployments {', '.join(d.name for d in deployments)}")
         sys.stdout.flush()
+
+
+def register(runner: Any, deployments: list[Any]) -> dict[str, Any]:
+    """Register every deployment with the Prefect API; the runner serves all but `rollback` (run warm, here).
+
+    The deployments' ids by name. The rollback deployment is registered (the UI's form, the API's validation)
+    but not polled by the runner: `WarmRuns` claims its runs and executes them in this process.
+    """
+    ids: dict[str, Any] = {}
+    for deployment in deployments:
+        if deployment.name == "rollback":
+            ids[deployment.name] = deployment.apply()
+        else:
+            runner.add_deployment(deployment)
+    return ids
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 - `hold_alert`: at the start of an alert's run (slot taken), held or not; held: reply in the rollback's thread.
 - `previous_rollback`: at the start of a manual run, the line saying an automatic rollback just happened.
-- `deploy_starting`: an alert's run writes down its rollback when it deploys (its end is its flow run's).
+- `deploy_starting`: an alert's run writes down its rollback when it deploys (its end is its flow run's), with
+  its Slack thread once the root is posted (the delivery is beside the rollback: flows/_slack.py).
 
 None of them ever fails a rollback that goes on, except `hold_alert` when the record cannot be read: an
 alert's run does not roll back blindly over an automatic rollback it cannot see (the slot it holds needs the
@@ -22,6 +23,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
+from flows._slack import Root
 from runbook import hold, messages
 from runbook.config import AlertSettings, RunbookConfig
 from runbook.errors import HoldUnknownError
@@ -30,6 +32,9 @@ from runbook.journal import Journal, describe_error, utcnow
 from runbook.messages import Language
 from runbook.slack import Posted, SlackPoster
 from tasks.notify import notify_thread
+
+ROOT_WAIT_SECONDS = 10.0
+"""How long an alert's run waits, beside its deploy, for a Slack root still on its way (joined within 30 s)."""
 
 
 def hold_period(config: RunbookConfig) -> timedelta:
@@ -100,11 +105,37 @@ def previous_rollback(period: timedelta, language: Language, record: Journal) ->
     return messages.previous_rollback_line(language, last.to_sha, at, last.run_url)
 
 
-def deploy_starting(record: Journal, thread: Posted) -> None:
-    """For an alert's run about to deploy: write it down as the last automatic rollback (held alerts reply to it)."""
+def deploy_starting(record: Journal, thread: Root) -> None:
+    """For an alert's run about to deploy: write it down as the last automatic rollback (held alerts reply to it).
+
+    Written at once, Slack or not: the hold never waits for Slack. When the thread's root is still on its way
+    (Slack slow or down), the record gets its thread once it is posted, if that happens within ROOT_WAIT_SECONDS.
+    """
     run_id = _run_id()
     if record.trigger != "alert" or record.dry_run or record.to_sha is None or run_id is None:
         return
+    settled = thread.settled
+    last = _write_down(record, run_id, thread.known)
+    if last is None or settled or last.thread_ts is not None:
+        return
+    root = thread.wait(ROOT_WAIT_SECONDS)
+    if not root.threaded:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            now = hold.read_last(client, record.service, record.environment)
+            if now is None or now.flow_run_id != run_id:
+                return  # no longer this run's record: nothing of ours to complete
+            hold.write_last(client, replace(now, channel=root.channel, thread_ts=root.ts), replacing=True)
+    except Exception as exc:
+        record.warn(f"the automatic rollback's Slack thread was not written down ({describe_error(exc)})")
+    else:
+        record.note("the automatic rollback's Slack thread written down (its root was posted after the record)")
+
+
+def _write_down(record: Journal, run_id: str, root: Posted) -> hold.LastRollback | None:
+    """Write this run down as the last automatic rollback: what was written, or None (a warning)."""
+    assert record.to_sha is not None
     service, environment = record.service, record.environment
     try:
         with get_client(sync_client=True) as client:
@@ -119,17 +150,18 @@ def deploy_starting(record: Journal, thread: Posted) -> None:
                     run_url=record.run_url,
                     to_sha=record.to_sha,
                     deploy_started_at=utcnow(),
-                    channel=thread.channel if thread.threaded else None,
-                    thread_ts=thread.ts if thread.threaded else None,
                 )
+            if last.thread_ts is None and root.threaded:
+                last = replace(last, channel=root.channel, thread_ts=root.ts)
             hold.write_last(client, last, replacing=earlier is not None)
     except Exception as exc:
         record.warn(
             f"the automatic rollback was not written down ({describe_error(exc)}): "
             "a later alert of this incident may start another rollback"
         )
-    else:
-        record.note(f"written down as the last automatic rollback ({hold.variable_name(service, environment)})")
+        return None
+    record.note(f"written down as the last automatic rollback ({hold.variable_name(service, environment)})")
+    return last
 
 
 def _remember(last: hold.LastRollback, logger: Any) -> None:

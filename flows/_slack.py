@@ -1,35 +1,179 @@
-"""How the rollback flow talks to Slack: one thread per run, its root kept up to date, each post recorded."""
+"""How the rollback flow talks to Slack: one thread per run, its root kept up to date, beside the critical path.
+
+Every method of `Announcer` returns at once: the message joins the run's delivery lane, one worker thread
+(started as in runbook/background.py, with the run's context: Prefect's run context and logger work there) that
+runs the notify tasks (tasks/notify.py) one after the other, in the order they were asked for. The root comes
+first; each reply waits for it and goes in its thread; the root's status updates follow in order; the end comes
+last. What Slack did not take for a passing reason (down, hanging, 5xx, 429) is tried again (runbook/slack.py)
+for as long as the run goes on; `close`, at the run's end, waits for the lane at most `slack.delivery_seconds`,
+then gives up on the rest: one warning each in the journal, so the post-mortem says what never reached Slack.
+
+Why one thread rather than Prefect task futures chained with `wait_for`: a reply is sent with its root's
+outcome whatever it was (a future chained after a failed root would not run), and whatever is left is given up
+at one deadline, without leaving futures behind in the flow run. The tasks stay the units of delivery (each
+one a task run in the Prefect UI, its retries inside it), and `run_once` still keeps a Retry of the flow from
+posting the root or the rollback's start twice.
+"""
 
 from __future__ import annotations
 
-from runbook import messages
-from runbook.journal import Journal
-from runbook.slack import Posted, SlackPoster
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prefect import get_run_logger
+
+from runbook import background, messages
+from runbook.journal import Journal, describe_error
+from runbook.slack import Deadline, Posted, SlackPoster
 from tasks.notify import notify_incident, notify_outcome, notify_rollback_started, notify_status
 
 _NOTHING = Posted(None, None, "nothing posted (dry run or notify off)")
+_TIME_UP = Posted(None, None, "given up: Slack had not taken it when the delivery time (slack.delivery_seconds) was up")
+
+
+class Root:
+    """The thread's root as the lane delivers it: `known` now, or `wait` (bounded) for its delivery to end."""
+
+    def __init__(self) -> None:
+        self._over = threading.Event()
+        self._posted = _NOTHING
+
+    @property
+    def known(self) -> Posted:
+        """The root as far as known now (nothing posted while its delivery goes on)."""
+        return self._posted
+
+    @property
+    def settled(self) -> bool:
+        """Whether its delivery is over: posted, refused, given up, or nothing to post."""
+        return self._over.is_set()
+
+    def wait(self, timeout: float) -> Posted:
+        """The root once its delivery is over, waiting at most `timeout` s for it; what is known then otherwise."""
+        self._over.wait(timeout)
+        return self._posted
+
+    def settle(self, posted: Posted) -> None:
+        """Its delivery is over (the first outcome stays)."""
+        if not self._over.is_set():
+            self._posted = posted
+            self._over.set()
+
+
+Send = Callable[[Posted, Deadline], Posted]
+"""How one message is sent, given the root as delivered and the lane's deadline."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Letter:
+    """One message asked for: what the post-mortem calls it, the timeline's line once delivered, how to send it."""
+
+    name: str
+    done: str
+    send: Send
+    root: bool = False  # the thread's root: its outcome is what the letters after it are sent with
+    update: bool = False  # an update of the root: nothing to send without one (webhook, or never posted)
+
+
+class _Lane:
+    """One run's ordered delivery: a worker thread sends the letters one by one, in the order they were added."""
+
+    def __init__(self, record: Journal, root: Root) -> None:
+        self._record = record
+        self._root = root
+        self._until = Deadline()
+        self._letters: queue.SimpleQueue[_Letter | None] = queue.SimpleQueue()
+        self._waiting: deque[_Letter] = deque()  # added, neither delivered nor given up
+        self._lock = threading.Lock()  # the journal is written by one side at a time, never by the lane once closed
+        self._closed = False
+        self._webhook_warned = False
+        self._worker = background.start("slack-delivery", self._work)
+
+    def add(self, letter: _Letter) -> None:
+        with self._lock:
+            self._waiting.append(letter)
+        self._letters.put(letter)
+
+    def close(self, seconds: float) -> None:
+        """Wait at most `seconds` for what was added; give the rest up (a warning each); the lane sends no more."""
+        self._until.give_up_at(time.monotonic() + seconds)
+        self._letters.put(None)
+        self._worker.join(seconds)
+        with self._lock:
+            self._closed = True
+            left = list(self._waiting)
+            self._waiting.clear()
+        self._until.stop()  # the lane skips whatever it had not started; a call under way ends with its timeout
+        for letter in left:
+            self._record.warn(
+                f"Slack: {letter.name} not delivered: not taken by Slack {seconds:g} s after the run's end (given up)"
+            )
+
+    def _work(self) -> None:
+        while (letter := self._letters.get()) is not None:
+            self._settle(letter, self._send(letter))
+
+    def _send(self, letter: _Letter) -> Posted | None:
+        if letter.update and not self._root.known.threaded:
+            return None  # as before the lane: no root to update, nothing to say
+        if self._until.over:
+            return _TIME_UP
+        try:
+            return letter.send(self._root.known, self._until)
+        except Exception as exc:  # the tasks never raise for Slack's sake: the Prefect API, or a bug; the lane goes on
+            get_run_logger().warning("delivering %s to Slack failed", letter.name, exc_info=True)
+            return Posted(None, None, describe_error(exc))
+
+    def _settle(self, letter: _Letter, posted: Posted | None) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._waiting.popleft()
+            if letter.root:
+                self._root.settle(posted or _NOTHING)
+            if posted is not None:
+                self._kept(posted, letter)
+
+    def _kept(self, posted: Posted, letter: _Letter) -> None:
+        if not posted.ok:
+            self._record.warn(f"Slack: {letter.name} not delivered: {posted.error}")
+        elif not posted.threaded and not self._webhook_warned:
+            self._webhook_warned = True
+            self._record.warn("Slack: posting through an incoming webhook: no thread and no status updates")
+        else:
+            self._record.note(f"Slack: {letter.done}")
 
 
 class Announcer:
-    """The seed's communication (section 4) for one run; silent when `enabled` is false (dry run, drills)."""
+    """The seed's communication (section 4) for one run; silent when `enabled` is false (dry run, drills).
+
+    Its methods return at once (the lane delivers); `close` once, at the run's end, before the post-mortem.
+    """
 
     def __init__(self, slack: SlackPoster, record: Journal, ctx: messages.IncidentContext, enabled: bool) -> None:
         self._slack = slack
         self._record = record
         self._ctx = ctx
         self._enabled = enabled
-        self._root = _NOTHING
-        self._webhook_warned = False
+        self._root = Root()
+        if not enabled:
+            self._root.settle(_NOTHING)
+        self._lane: _Lane | None = None  # started with the first message
         self._announced = False
+        self._closed = False
 
     @property
-    def thread(self) -> Posted:
-        """The thread's root, once posted (what a later run replies to)."""
+    def thread(self) -> Root:
+        """The thread's root, as the lane delivers it (what a later run replies to): `known`, or `wait` for it."""
         return self._root
 
     @property
     def announced(self) -> bool:
-        """Whether the incident was told (posted, or tried: Slack may have been down)."""
+        """Whether the incident was told (asked for: Slack may be down, or not have taken it yet)."""
         return self._announced
 
     def incident(self) -> None:
@@ -37,21 +181,28 @@ class Announcer:
         if self._enabled and not self._announced:
             self._announced = True
             text = messages.incident_message(self._ctx)
-            self._root = self._kept(notify_incident(self._slack, text), "incident posted")
+            self._ask(
+                _Letter(
+                    "the incident message",
+                    "incident posted",
+                    lambda _root, until: notify_incident(self._slack, text, until),
+                    root=True,
+                )
+            )
 
     def rollback_started(self, sha: str, compare_url: str | None) -> None:
         """Seed message 2, and the root's status: rolling back to SHA."""
         if self._enabled:
             self._status(messages.status_rolling_back(self._ctx, sha), "rolling back")
             text = messages.rollback_started_message(self._ctx, sha, compare_url)
-            self._kept(notify_rollback_started(self._slack, self._root, text), "rollback start posted")
+            self._reply("the rollback start", "rollback start posted", text, notify_rollback_started)
 
     def recovered(self, sha: str, digest: str, seconds: float, deploy_url: str | None) -> None:
         """Seed message 3, broadcast, and the root's status: recovered in N s."""
         if self._enabled:
             self._status(messages.status_recovered(self._ctx, sha, seconds), "recovered")
             text = messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url)
-            self._kept(notify_outcome(self._slack, self._root, text), "end posted (broadcast)")
+            self._reply("the end message", "end posted (broadcast)", text, notify_outcome)
 
     def failed(self, step: str, reason: str) -> None:
         """The escalation, broadcast, and the root's status: failed at step X (the incident told first if need be)."""
@@ -59,19 +210,32 @@ class Announcer:
             self.incident()
             self._status(messages.status_failed(self._ctx, step), "failed")
             text = messages.failure_message(self._ctx, step, reason)
-            self._kept(notify_outcome(self._slack, self._root, text), "escalation posted (broadcast)")
+            self._reply("the escalation", "escalation posted (broadcast)", text, notify_outcome)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for everything asked for to be delivered, at most `timeout` s (default `slack.delivery_seconds`).
+
+        What is left then is given up, each message a warning in the journal; nothing is sent afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._lane is not None:
+            self._lane.close(self._slack.settings.delivery_seconds if timeout is None else timeout)
+        self._root.settle(_TIME_UP if self._announced else _NOTHING)
 
     def _status(self, status: str, label: str) -> None:
-        if self._root.threaded:
-            text = messages.incident_message(self._ctx, status)
-            self._kept(notify_status(self._slack, self._root, text), f"root status: {label}")
+        text = messages.incident_message(self._ctx, status)
+        self._reply(f"the root's status ({label})", f"root status: {label}", text, notify_status, update=True)
 
-    def _kept(self, posted: Posted, what: str) -> Posted:
-        if not posted.ok:
-            self._record.warn(f"Slack: {posted.error}")
-        elif not posted.threaded and not self._webhook_warned:
-            self._webhook_warned = True
-            self._record.warn("Slack: posting through an incoming webhook: no thread and no status updates")
-        else:
-            self._record.note(f"Slack: {what}")
-        return posted
+    def _reply(self, name: str, done: str, text: str, task: Callable[..., Posted], update: bool = False) -> None:
+        """A message about the root (a reply in its thread, or its update): sent once the root's delivery is over."""
+        self._ask(_Letter(name, done, lambda root, until: task(self._slack, root, text, until), update=update))
+
+    def _ask(self, letter: _Letter) -> None:
+        if self._closed:
+            self._record.warn(f"Slack: {letter.name} not delivered: asked for after the run's end")
+            return
+        if self._lane is None:
+            self._lane = _Lane(self._record, self._root)
+        self._lane.add(letter)

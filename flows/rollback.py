@@ -40,6 +40,7 @@ from tasks.deploy import deploy, finish_deploy, preflight_deploy
 from tasks.github_deployments import close_rollout, find_unfinished_rollout, mark_rolled_back, open_rollout
 from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
+from tasks.ready_target import ReadyCheck, check_ready_target, prepare_ready_target
 from tasks.resolve_sha import Resolution, resolve_sha
 from tasks.verify_image import ImageCheck, verify_image
 
@@ -67,6 +68,7 @@ class _Options:
     dry_run: bool
     approval_timeout: int | None  # None: no approval asked
     posts: bool
+    ready_max_age: float | None = None  # None: no ready target used or prepared
     slot_recorded: Callable[[], None] = lambda: None  # waits until the slot's holder is written down
 
 
@@ -122,9 +124,11 @@ def rollback(
         raise
     # Drills report in the rehearsal's artifact; every other rollback that changes something is announced.
     posts = not dry_run and journal.trigger != "drill"
-    options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, posts)
+    ready = config.ready_target.max_age_seconds if config.ready_target.enabled else None
+    options = _Options(sha, dry_run, approval_timeout_seconds if require_approval else None, posts, ready)
     period = hold_period(config)
     with Clients(config, scope) as clients, ExitStack() as stack:
+        lookups = _Lookups.start(scope, clients, options)  # reads only, made while the slot and the hold are taken
         if not dry_run:
             try:
                 slot = stack.enter_context(one_rollback_at_a_time(service, environment, flow_run.id))
@@ -150,7 +154,7 @@ def rollback(
             previous=previous_rollback(period, scope.slack.language, journal),
         )
         slack = Announcer(clients.slack, journal, ctx, enabled=posts)
-        return _run(_Rollback(scope, clients, journal, slack, options))
+        return _run(_Rollback(scope, clients, journal, slack, options, lookups))
 
 
 def _run(run: _Rollback) -> RollbackSummary:
@@ -176,6 +180,7 @@ def _run(run: _Rollback) -> RollbackSummary:
             emit("rollback", "failed", service, environment, {"step": step, "reason": journal.failure_reason})
         raise
     finally:
+        run.slack.close()  # what Slack has not taken yet, at most slack.delivery_seconds more (time to recovery is set)
         journal.ended_at = utcnow()
         markdown = write_postmortem(journal)
     if not options.dry_run:
@@ -202,9 +207,10 @@ def _run(run: _Rollback) -> RollbackSummary:
 def _procedure(run: _Rollback) -> None:
     """The seed's sections 3.1 to 3.3 and 4, in order."""
     unfinished = run.find_unfinished()  # a rollback that never finished is followed, never started again
-    resolution = run.identify(unfinished)  # 3.1: the stable version, and the one running now
+    ready = run.ready_target(unfinished)  # the way back prepared ahead (runbook/ready.py), if it still holds
+    resolution = run.identify(unfinished, ready)  # 3.1: the stable version, and the one running now
     run.slack.incident()  # a given SHA once checked (already posted for the others): a refused one posts nothing
-    image = run.verify_image(resolution, unfinished)  # prerequisite: its image, by digest
+    image = run.verify_image(resolution, unfinished, ready)  # prerequisite: its image, by digest
     if run.options.dry_run:
         run.preflight()
         return
@@ -215,6 +221,27 @@ def _procedure(run: _Rollback) -> None:
         result = run.redeploy(request, resolution, unfinished)  # 3.2
         run.check()  # 3.3: health, error rate, key features
     run.recovered(request, resolution, image, result, unfinished)  # 4: "recovered", the bad version marked
+    run.prepare_next()  # the next way back, ready for the next incident
+
+
+@dataclass(frozen=True)
+class _Lookups:
+    """The procedure's first reads, started together as soon as the clients exist (they change nothing).
+
+    `unfinished`: a rollout left in progress (not in a dry run); `ready`: the ready target's check (no SHA given,
+    ready targets on). None where the procedure does not read it.
+    """
+
+    unfinished: PrefectFuture[UnfinishedRollout | None] | None
+    ready: PrefectFuture[ReadyCheck] | None
+
+    @classmethod
+    def start(cls, scope: Scope, clients: Clients, options: _Options) -> _Lookups:
+        repo, target = clients.repo, clients.target  # built here, once, not by two threads at a time
+        unfinished = None if options.dry_run else find_unfinished_rollout.submit(repo, scope.environment)
+        max_age = options.ready_max_age
+        ready = None if max_age is None or options.sha else check_ready_target.submit(scope, repo, target, max_age)
+        return cls(unfinished, ready)
 
 
 class _Rollback:
@@ -224,8 +251,11 @@ class _Rollback:
     tasks' results, so that `_procedure` reads like the runbook.
     """
 
-    def __init__(self, scope: Scope, clients: Clients, journal: Journal, slack: Announcer, options: _Options) -> None:
+    def __init__(
+        self, scope: Scope, clients: Clients, journal: Journal, slack: Announcer, options: _Options, lookups: _Lookups
+    ) -> None:
         self.scope = scope
+        self.lookups = lookups
         self.clients = clients
         self.journal = journal
         self.slack = slack
@@ -234,14 +264,17 @@ class _Rollback:
 
     def find_unfinished(self) -> UnfinishedRollout | None:
         """The unfinished rollout to follow, if any: not in a dry run, not when a person asked for another SHA."""
-        if self.options.dry_run:
+        if self.lookups.unfinished is None:
             return None
         journal = self.journal
-        try:
-            found = find_unfinished_rollout(self.clients.repo, self.scope.environment)
-        except RunbookError as exc:
-            journal.warn(f"could not check for an unfinished rollback: {describe_error(exc)}")
+        found = self.lookups.unfinished.result(raise_on_failure=False)
+        if isinstance(found, RunbookError):
+            journal.warn(f"could not check for an unfinished rollback: {describe_error(found)}")
             return None
+        if isinstance(found, BaseException):
+            raise found
+        if found is not None:  # read before the slot was taken: its run may have finished since, read it again
+            found = find_unfinished_rollout(self.clients.repo, self.scope.environment)
         if found is None:
             return None
         wanted = self.options.sha
@@ -253,13 +286,36 @@ class _Rollback:
         journal.note(f"resuming rollback {found.rollback_id} to {found.sha[:7]} (recorded {found.created_at:%H:%M:%S})")
         return found
 
-    def identify(self, unfinished: UnfinishedRollout | None) -> Resolution:
+    def ready_target(self, unfinished: UnfinishedRollout | None) -> ReadyCheck | None:
+        """The ready target when it applies (no SHA given, nothing to resume) and still holds; None otherwise."""
+        checking = self.lookups.ready
+        if checking is None or unfinished is not None:
+            return None
+        check = checking.result(raise_on_failure=False)
+        if isinstance(check, BaseException):
+            self.journal.note(f"path: full resolution (the ready target could not be checked: {check})")
+            return None
+        if check.ready is None:
+            self.journal.note(f"path: full resolution ({check.why_not})")
+            return None
+        age = check.ready.age(utcnow())
+        self.journal.note(f"path: ready target (prepared {age:.0f} s ago, the running version unchanged)")
+        return check
+
+    def identify(self, unfinished: UnfinishedRollout | None, ready: ReadyCheck | None = None) -> Resolution:
         """Seed 3.1: the commit to return to (given, the last known good, or the unfinished rollout's)."""
         journal = self.journal
         with journal.step("resolve-sha") as step:
             if unfinished is not None:
                 resolution = Resolution(unfinished.sha, "", unfinished.from_sha, "unfinished rollback")
                 step.detail = f"{resolution.short}: resuming rollback {unfinished.rollback_id}, never finished"
+            elif ready is not None and ready.ready is not None:
+                resolution = ready.resolution(self.scope)
+                step.detail = (
+                    f"{resolution.short} ({resolution.source}, ready target prepared at "
+                    f"{ready.ready.prepared_at:%H:%M:%S}; {ready.running.source} says "
+                    f"{(resolution.running or '')[:7]} runs, as then): {resolution.title}"
+                )
             else:
                 clients = self.clients
                 resolution = resolve_sha(self.scope, clients.repo, clients.target, clients.registry, self.options.sha)
@@ -272,10 +328,15 @@ class _Rollback:
                 journal.links["changes rolled back"] = resolution.compare_url
         return resolution
 
-    def verify_image(self, resolution: Resolution, unfinished: UnfinishedRollout | None) -> ImageCheck:
+    def verify_image(
+        self, resolution: Resolution, unfinished: UnfinishedRollout | None, ready: ReadyCheck | None = None
+    ) -> ImageCheck:
         """The image of that commit exists; from here on everything deploys it by digest."""
         with self.journal.step("verify-image") as step:
-            if unfinished is not None:
+            if ready is not None and ready.ready is not None:
+                image = ready.image()
+                step.detail = f"{image.image} = {image.digest} (verified at {ready.ready.prepared_at:%H:%M:%S})"
+            elif unfinished is not None:
                 # What the unfinished rollout was deploying, by digest: exactly that, whatever the tag says now.
                 name = unfinished.image.split("@", 1)[0]
                 image = ImageCheck(f"{name}:{unfinished.sha}", unfinished.digest, "recorded by the unfinished rollout")
@@ -285,6 +346,15 @@ class _Rollback:
                 step.detail = f"{image.image} = {image.digest}"
             self.journal.image, self.journal.digest = image.image, image.digest
         return image
+
+    def prepare_next(self) -> None:
+        """Recovered: the ready target for the next incident, from the version now running (a warning if not)."""
+        if self.options.ready_max_age is None:
+            return
+        clients = self.clients
+        state = prepare_ready_target(self.scope, clients.repo, clients.target, clients.registry, return_state=True)
+        if state.is_failed():
+            self.journal.warn(f"the next ready target could not be prepared: {state.message}")
 
     def preflight(self) -> None:
         """A dry run's last step: the deploy target is reachable and usable; nothing changes."""

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from runbook import repository as repo_api
-from runbook.config import EnvironmentSettings, RunbookConfig, ServiceSettings, SlackSettings
+from runbook.config import EnvironmentSettings, RegistrySettings, RunbookConfig, ServiceSettings, SlackSettings
 from runbook.service_images import registry_client
 from runbook.slack import SlackPoster
 from runbook.targets import DeployTarget
@@ -37,6 +37,7 @@ class Scope:
     settings: EnvironmentSettings
     slack: SlackSettings
     web_url: str  # the repository's web page
+    registries: tuple[RegistrySettings, ...] = ()  # the registries' settings (hosts, credentials' references)
 
     @classmethod
     def of(cls, config: RunbookConfig, service_name: str, environment: str) -> Scope:
@@ -44,7 +45,7 @@ class Scope:
         settings = config.environment(service_name, environment)
         service = config.service(service_name)
         web_url = repo_api.web_url(config.github, service.repository)
-        return cls(service_name, environment, service, settings, config.slack, web_url)
+        return cls(service_name, environment, service, settings, config.slack, web_url, tuple(config.registries))
 
     @property
     def channel(self) -> str:

@@ -95,7 +95,15 @@ class SlackSettings(_Model):
         default=None, description="incoming webhook, used when no bot token is set: no thread, no updates"
     )
     language: Language = "fr"
-    timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_REQUEST_SECONDS)
+    timeout_seconds: float = Field(
+        default=5.0, gt=0, le=MAX_REQUEST_SECONDS, description="one Slack call; a call that times out is tried again"
+    )
+    delivery_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_INTERVAL_SECONDS,
+        description="after a rollback ends, how long its messages Slack has not taken yet are still tried",
+    )
 
 
 class RegistrySettings(_Model):
@@ -269,6 +277,29 @@ class AlertSettings(_Model):
     )
 
 
+class ReadyTargetSettings(_Model):
+    """The ready rollback target `runbook serve` keeps per service and environment (runbook/ready.py)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="resolve each service's rollback target ahead of an incident (last known good, image digest, "
+        "deploy target preflight): an alert then only checks the running version is unchanged, and deploys",
+    )
+    check_seconds: float = Field(
+        default=15,
+        ge=1,
+        le=3600,
+        description="how often `serve` checks each running version (a change: prepared again at once)",
+    )
+    max_age_seconds: float = Field(
+        default=900,
+        ge=10,
+        le=86400,
+        description="older than this, a ready target is not used (the run resolves in full); `serve` prepares it "
+        "again at half this age",
+    )
+
+
 class RunbookConfig(_Model):
     """The whole file."""
 
@@ -276,6 +307,7 @@ class RunbookConfig(_Model):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     registries: list[RegistrySettings] = Field(default_factory=list)
     alerts: AlertSettings | None = None
+    ready_target: ReadyTargetSettings = Field(default_factory=ReadyTargetSettings)
     services: dict[str, ServiceSettings] = Field(min_length=1)
 
     @field_validator("services")

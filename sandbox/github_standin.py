@@ -307,6 +307,8 @@ class GitHubStandIn(ThreadedHTTPServer):
         self._runs_unreadable = False
         self.fail_dispatches: list[str] = []  # public: tests queue DISPATCH_FAULTS, one per dispatch, in order
         self.slow_answer_seconds = 3.0
+        self.latency_seconds = 0.0  # public: every request waits this long before it is handled (benchmarks)
+        self._delayed = 0
         self._used = 0
         self._reset = int(time.time()) + 3600
         self._requests: list[RecordedRequest] = []
@@ -362,6 +364,12 @@ class GitHubStandIn(ThreadedHTTPServer):
         """While down, every request gets HTTP 503 (PyGithub retries 5xx unless `Github(retry=None)`)."""
         with self._lock:
             self._down = down
+
+    @property
+    def delayed_requests(self) -> int:
+        """How many requests waited `latency_seconds` (> 0) before they were handled."""
+        with self._lock:
+            return self._delayed
 
     def set_runs_unreadable(self, unreadable: bool) -> None:
         """While set, reading one workflow run (`GET .../actions/runs/{id}`) answers HTTP 500; runs go on."""
@@ -526,7 +534,8 @@ class GitHubStandIn(ThreadedHTTPServer):
     # --- HTTP plumbing ---
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> None:
-        """Answer one request: read it, dispatch it, record it, write the response."""
+        """Answer one request: wait the latency, read it, dispatch it, record it, write the response."""
+        self._delay()
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         body: Any = None
@@ -563,6 +572,15 @@ class GitHubStandIn(ThreadedHTTPServer):
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    def _delay(self) -> None:
+        """Wait `latency_seconds` (a slow network or API), counted; a stop cuts the wait short."""
+        latency = self.latency_seconds
+        if latency <= 0:
+            return
+        with self._lock:
+            self._delayed += 1
+        self._stopping.wait(latency)
 
     def _fault_for(self, method: str, target: str, status: int) -> str | None:
         """The fault to play on this answer: the next queued one, for a dispatch GitHub accepted."""

@@ -6,19 +6,25 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from commands.serve import LocalServer, local_prefect_server
 from runbook.errors import RunbookError
 from runbook.processes import stop_process
+from sandbox.many_services import ManyServicesSandbox
+from sandbox.postgres import PostgresServer
 from sandbox.process import free_port
-from sandbox.world import Sandbox
+
+#: The databases a Prefect server of the benchmarks can keep its state in.
+Database = Literal["sqlite", "postgresql"]
+#: The setting Prefect 3.9 reads for the server's database (PREFECT_API_DATABASE_CONNECTION_URL: its older alias).
+DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,12 +51,18 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @contextmanager
-def prefect_server(home: str, *, timeout: float = 120, **extra: str) -> Iterator[LocalServer]:
+def prefect_server(
+    home: str, *, timeout: float = 120, database_url: str | None = None, **extra: str
+) -> Iterator[LocalServer]:
     """A real `prefect server start` with its own home, on a free port (SQLite unless `extra` says otherwise).
+
+    `database_url`: its database instead (`PREFECT_SERVER_DATABASE_CONNECTION_URL`, e.g. `PostgresServer.url`).
 
     A free port is only free until someone binds it: when another server took it while this one started (two
     processes of the tests picked the same), start again on another one.
     """
+    if database_url is not None:
+        extra[DATABASE_URL_SETTING] = database_url
     for attempt in range(3):
         try:
             with local_prefect_server(port=free_port(), env=server_env(home, **extra), timeout=timeout) as server:
@@ -106,16 +118,21 @@ def runbook_serve(
 
 
 @contextmanager
-def alerting_world(work: Path) -> Iterator[tuple[LocalServer, Sandbox, dict[str, Any]]]:
-    """A real Prefect server (SQLite) and the sandbox, with a configuration to serve for alerts (the benchmarks').
+def alerting_world(
+    work: Path, *, services: Sequence[str] = (), database: Database = "sqlite"
+) -> Iterator[tuple[LocalServer, ManyServicesSandbox, dict[str, Any]]]:
+    """A real Prefect server and the sandbox, with a configuration to serve for alerts (the benchmarks').
 
     The configuration's deploy is quick (the stand-in's workflow runs at once) and has no hold: each alert is a
     new incident. `alerts.token` reads $RUNBOOK_ALERT_TOKEN (`runbook_serve(alert_token=...)` sets it).
+    `services`: extra services, each with its own repository, images and app (sandbox/many_services.py), in the
+    configuration after the sandbox's `shop`. `database`: the Prefect server's, SQLite in its home or a
+    throwaway PostgreSQL cluster (sandbox/postgres.py).
     """
-    with (
-        prefect_server(str(work / "server-home")) as server,
-        Sandbox(work / "sandbox", run_step_seconds=0) as sandbox,
-    ):
+    with ExitStack() as stack:
+        database_url = stack.enter_context(PostgresServer()).url if database == "postgresql" else None
+        server = stack.enter_context(prefect_server(str(work / "server-home"), database_url=database_url))
+        sandbox = stack.enter_context(ManyServicesSandbox(work / "sandbox", services=services, run_step_seconds=0))
         data = sandbox.config_data(
             deploy={"type": "github-actions", "poll_interval_seconds": 0.2, "timeout_seconds": 60}
         )

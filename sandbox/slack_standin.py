@@ -8,6 +8,8 @@
 
 Bodies are deep copies of the recorded fixtures (`fixtures/slack/*.json`) with their values overwritten.
 Errors follow Slack: HTTP 200 with `{"ok": false, "error": ...}`; 429 + Retry-After when rate limited.
+Faults on demand: `set_down` (503 at once), `rate_limit_next` (429), `set_hang` (a Slack that hangs: each call
+waits, then gets a 503 and changes nothing) and `latency_seconds` (a slow Slack: each call waits, then is served).
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ class SlackStandIn(ThreadedHTTPServer):
         self._rate_limited = 0
         self._retry_after = 1
         self._last_us = 0
+        self._hang: float | None = None
+        # Every call (API and webhook) waits this long, then is served as usual: a slow Slack.
+        self.latency_seconds = 0.0
 
     # --- lifecycle (start, stop, the context manager: ThreadedHTTPServer) ---
 
@@ -154,6 +159,14 @@ class SlackStandIn(ThreadedHTTPServer):
         """While down, every request gets a plain-text HTTP 503."""
         with self._lock:
             self._down = down
+
+    def set_hang(self, seconds: float | None) -> None:
+        """Every call (API and webhook) waits `seconds` before answering, so that a client with a shorter timeout
+        gives up; the answer, if anyone still reads it, is a plain-text 503 and nothing is posted or updated (counted
+        in `requests` all the same). None: answer at once again (calls already waiting finish their wait).
+        """
+        with self._lock:
+            self._hang = seconds
 
     def rate_limit_next(self, n: int, retry_after: int = 1) -> None:
         """Answer the next `n` requests with 429, `Retry-After: retry_after` and `error: ratelimited`."""
@@ -194,7 +207,9 @@ class SlackStandIn(ThreadedHTTPServer):
                 args.update(json.loads(raw))
             elif raw:
                 args.update(parse_qsl(raw.decode("utf-8")))
-            if split.path.startswith("/services/"):
+            if self._hung(method, split.path):
+                status, headers, body = 503, {"Content-Type": "text/plain; charset=utf-8"}, b"Service Unavailable"
+            elif split.path.startswith("/services/"):
                 status, headers, body = self._incoming_webhook(split.path, args, lines)
             else:
                 status, headers, body = self._respond(method, handler.headers.get("Authorization") or "", args, lines)
@@ -219,6 +234,15 @@ class SlackStandIn(ThreadedHTTPServer):
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+    def _hung(self, method: str, path: str) -> bool:
+        """Wait as the faults say (hang, else latency); whether the call hung (then it is counted, not served)."""
+        with self._lock:
+            hang, latency = self._hang, self.latency_seconds
+            if hang is not None:
+                self._counts["incoming-webhook" if path.startswith("/services/") else method] += 1
+        time.sleep(hang if hang is not None else latency)
+        return hang is not None
 
     def _respond(
         self, method: str, authorization: str, args: dict[str, Any], lines: list[str]

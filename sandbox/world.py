@@ -173,7 +173,12 @@ class Sandbox:
         production.update(environment_overrides)
         return {
             "github": {"base_url": self.github.base_url, "token": {"env": GITHUB_TOKEN_VAR}},
-            "slack": {"base_url": self.slack.base_url, "token": {"env": SLACK_TOKEN_VAR}, "language": "fr"},
+            "slack": {
+                "base_url": self.slack.base_url,
+                "token": {"env": SLACK_TOKEN_VAR},
+                "language": "fr",
+                "delivery_seconds": 5,  # a Slack kept down by a test is given up on quickly
+            },
             "registries": [{"host": self.registry.host, "insecure": True}],
             "services": {
                 SERVICE: {

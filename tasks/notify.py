@@ -2,13 +2,17 @@
 
 Each task takes the run's `SlackPoster` (runbook/slack.py) and a text. A failure to post comes back as a
 `Posted` with an error, logged as a warning and kept for the post-mortem; it never fails the task.
+
+The rollback's messages are delivered beside it (flows/_slack.py, one lane per run, in order): those tasks take
+`until`, the lane's `Deadline`, and try again what Slack did not take for a passing reason until it says. `until`
+is how long to try, not what is posted: never part of a cache key.
 """
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from runbook.slack import Posted, SlackPoster
+from runbook.slack import Deadline, Posted, SlackPoster
 from tasks.policy import NO_CACHE, run_once
 
 __all__ = [
@@ -29,28 +33,28 @@ def _logged(posted: Posted, text: str) -> Posted:
     return posted
 
 
-@task(name="notify-incident", cache_policy=run_once(exclude="slack"), persist_result=True)
-def notify_incident(slack: SlackPoster, text: str) -> Posted:
+@task(name="notify-incident", cache_policy=run_once(exclude=("slack", "until")), persist_result=True)
+def notify_incident(slack: SlackPoster, text: str, until: Deadline | None = None) -> Posted:
     """Seed message 1, the root of the incident's thread (once per flow run, even when retried)."""
-    return _logged(slack.post(text), text)
+    return _logged(slack.post(text, until=until), text)
 
 
 @task(name="notify-status", cache_policy=NO_CACHE)
-def notify_status(slack: SlackPoster, root: Posted, text: str) -> Posted:
+def notify_status(slack: SlackPoster, root: Posted, text: str, until: Deadline | None = None) -> Posted:
     """Update the root message with the current status (chat.update)."""
-    return _logged(slack.update(root, text), text)
+    return _logged(slack.update(root, text, until=until), text)
 
 
-@task(name="notify-rollback-started", cache_policy=run_once(exclude="slack"), persist_result=True)
-def notify_rollback_started(slack: SlackPoster, root: Posted, text: str) -> Posted:
+@task(name="notify-rollback-started", cache_policy=run_once(exclude=("slack", "until")), persist_result=True)
+def notify_rollback_started(slack: SlackPoster, root: Posted, text: str, until: Deadline | None = None) -> Posted:
     """Seed message 2, in the thread: the rollback starts towards a SHA."""
-    return _logged(slack.post(text, root), text)
+    return _logged(slack.post(text, root, until=until), text)
 
 
 @task(name="notify-outcome", cache_policy=NO_CACHE)
-def notify_outcome(slack: SlackPoster, root: Posted, text: str) -> Posted:
+def notify_outcome(slack: SlackPoster, root: Posted, text: str, until: Deadline | None = None) -> Posted:
     """Seed message 3 (or the escalation), in the thread and broadcast to the channel."""
-    return _logged(slack.post(text, root, broadcast=True), text)
+    return _logged(slack.post(text, root, broadcast=True, until=until), text)
 
 
 @task(name="notify-thread", cache_policy=NO_CACHE)

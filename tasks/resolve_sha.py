@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -120,7 +121,18 @@ def resolve_sha(
     scope: Scope, repo: Repository, target: DeployTarget, registry: RegistryClient, requested: str | None
 ) -> Resolution:
     """Resolve the commit SHA to roll back to, and say how it was chosen."""
-    logger = get_run_logger()
+    return resolve_for(scope, repo, target, registry, requested, get_run_logger())
+
+
+def resolve_for(
+    scope: Scope,
+    repo: Repository,
+    target: DeployTarget,
+    registry: RegistryClient,
+    requested: str | None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Resolution:
+    """The resolution `resolve-sha` makes (also what a ready target is prepared with, runbook/ready.py)."""
     service, environment = scope.service, scope.environment
     # Why a more trusted source was skipped goes in the run's warnings (and so the post-mortem), too.
     warnings: list[str] = []

@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
+from uuid import uuid4
 
 from runbook import hold
 from runbook.errors import LaunchError
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import FlowRun, State
 
 logger = logging.getLogger("runbook.alerts")
 
 #: Prefect state types of a run that is still going (AwaitingRetry/Late are SCHEDULED, Retrying is RUNNING).
 ACTIVE_STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+#: The message of the PENDING state a run handed to `runbook serve`'s warm process is created in.
+HANDED_OVER = "handed to runbook serve's warm process"
 #: How long a launch may take (the Prefect API busy included) before the answer is a 503 the sender retries.
 LAUNCH_SECONDS = 8.0
 #: Launches talking to the Prefect API at once (more only queue up for SQLite's writer lock).
@@ -142,6 +145,9 @@ class PrefectLauncher:
     is retried after 0.1 s, doubling up to 1 s, instead of Prefect's 2 s, 4 s... The whole launch is bounded by
     `timeout_seconds`: past it, the answer is a 503 saying the API is busy, which Alertmanager retries (and
     the idempotency key makes the retry find a run the late attempt may have created).
+
+    `hand_to`: in `runbook serve`, `commands.warm.WarmRuns.run_owned`: each run is created PENDING and handed to
+    it, which runs it at once in that process, instead of waiting for a runner's poll and a new process.
     """
 
     def __init__(
@@ -150,8 +156,10 @@ class PrefectLauncher:
         *,
         timeout_seconds: float = LAUNCH_SECONDS,
         concurrency: int = LAUNCH_CONCURRENCY,
+        hand_to: Callable[[FlowRun], object] | None = None,
     ) -> None:
         self.deployment_name = deployment_name
+        self.hand_to = hand_to
         self.timeout_seconds = timeout_seconds
         self.concurrency = concurrency
         self._deployment_id: UUID | None = None
@@ -255,6 +263,7 @@ class PrefectLauncher:
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
         from prefect.exceptions import PrefectHTTPStatusError
+        from prefect.states import Pending
 
         deployment_id = await self._resolve_deployment(client)
         key = idempotency_key(request)
@@ -294,6 +303,9 @@ class PrefectLauncher:
             "reason": request.reason,
             "incident": request.link,
         }
+        # Handed over: created PENDING (no runner or worker picks that up), marked as this call's own. A run the
+        # key already named (another replica made it) comes back with its own state: not this call's to run.
+        own: State[Any] | None = Pending(message=f"{HANDED_OVER} ({uuid4().hex[:12]})") if self.hand_to else None
         try:
             run = await client.create_flow_run_from_deployment(
                 deployment_id,
@@ -301,11 +313,14 @@ class PrefectLauncher:
                 context=request.alert_context().to_run_context(),
                 tags=["alert", request.service, request.environment],
                 idempotency_key=key,
+                state=own,
             )
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code != 409:
                 raise
             raise _refused_by_deployment(self.deployment_name, request, exc.response) from None
+        if self.hand_to is not None and own is not None and run.state is not None and run.state.message == own.message:
+            self.hand_to(run)  # `runbook serve`: run at once, in its warm process
         logger.info(
             "created rollback run %s for %s/%s (alert %s)",
             run.id,

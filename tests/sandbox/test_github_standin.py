@@ -420,3 +420,21 @@ def test_an_unreadable_run_status(gh: GitHubStandIn, named_workflow: int) -> Non
     assert unreadable.value.status == 500
     gh.set_runs_unreadable(False)
     assert wait_completed(repo, run.id).conclusion == "success"
+
+
+def test_latency_delays_every_request_and_counts_it(gh: GitHubStandIn, repo: Repository, shas: list[str]) -> None:
+    assert gh.delayed_requests == 0  # the fixture's `repo` read was not delayed: no latency by default
+    before = len(gh.requests)
+    gh.latency_seconds = 0.15
+    started = time.time()
+    repo.get_commit(shas[0])
+    repo.get_branch("main")
+    assert time.time() - started >= 0.3
+    assert gh.delayed_requests == 2
+    # Recorded once handled: after the wait.
+    recorded = gh.requests[before:]
+    assert [r.method for r in recorded] == ["GET", "GET"]
+    assert recorded[0].timestamp - started >= 0.15
+    gh.latency_seconds = 0
+    repo.get_commit(shas[1])
+    assert gh.delayed_requests == 2

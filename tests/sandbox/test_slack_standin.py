@@ -1,8 +1,9 @@
-"""SlackStandIn driven by the real slack-sdk WebClient: threads, updates, errors, 429 and outages."""
+"""SlackStandIn driven by the real slack-sdk WebClient: threads, updates, errors, 429, outages, hangs and latency."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from urllib.error import URLError
 
@@ -11,6 +12,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
 
 from sandbox.slack_standin import SlackStandIn
 
@@ -166,3 +168,35 @@ def test_default_channel(echoed: list[str]) -> None:
             content=json.dumps({"channel": "#incidents-prod", "text": "hi"}),
         ).json()
         assert body["channel"] == "C0INCIDENT1"
+
+
+def test_a_hang_makes_the_client_time_out_and_changes_nothing(slack: SlackStandIn) -> None:
+    slack.set_hang(3)
+    client = WebClient(token=TOKEN, base_url=slack.base_url, timeout=1)
+    with pytest.raises(TimeoutError):
+        client.chat_postMessage(channel=CHANNEL, text="hello")
+    with pytest.raises(TimeoutError):
+        WebhookClient(slack.webhook_url, timeout=1).send(text="hello")
+    assert slack.messages == []
+    assert slack.requests == {"chat.postMessage": 1, "incoming-webhook": 1}
+    slack.set_hang(None)
+    assert client.chat_postMessage(channel=CHANNEL, text="back")["ok"] is True
+    assert [m.text for m in slack.messages] == ["back"]
+
+
+def test_a_hang_shorter_than_the_timeout_answers_503(slack: SlackStandIn, client: WebClient) -> None:
+    slack.set_hang(0.1)
+    with pytest.raises(SlackApiError) as raised:
+        client.chat_postMessage(channel=CHANNEL, text="hello")
+    assert raised.value.response.status_code == 503
+    assert slack.messages == []
+
+
+def test_latency_delays_then_serves(slack: SlackStandIn, client: WebClient) -> None:
+    slack.latency_seconds = 0.2
+    started = time.monotonic()
+    root = client.chat_postMessage(channel=CHANNEL, text="slow")
+    assert WebhookClient(slack.webhook_url).send(text="slow too").status_code == 200
+    assert time.monotonic() - started >= 0.4  # each call waited its latency, then was served
+    assert [m.text for m in slack.messages] == ["slow", "slow too"]
+    assert root["ts"] == slack.messages[0].ts

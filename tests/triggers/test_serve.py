@@ -25,6 +25,9 @@ def test_a_run_created_through_the_api_completes(served: Served) -> None:
     assert httpx.get(f"{sandbox.app.url}/health", timeout=5).status_code == 200
     started = run["start_time"] and run["expected_start_time"]
     assert started, run
+    # Claimed and run by serve's warm process (commands/warm.py), not by a new process of the runner.
+    states = api("GET", f"{served.api}/flow_run_states/?flow_run_id={run['id']}", served.headers).json()
+    assert [s["message"] for s in states if s["type"] == "PENDING"] == ["claimed by runbook serve (warm process)"]
     print(f"API-created run: {time.monotonic() - created:.1f} s from creation to Completed")
 
 
