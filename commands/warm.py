@@ -132,8 +132,9 @@ class WarmRuns:
             run_flow(self._flow, flow_run=flow_run, return_type="state")
         except Abort as exc:  # the server refused to let it run (another claimant, or it was cancelled)
             log.warning("rollback run %s not run here: %s", flow_run.id, exc)
-        except Exception:  # its state says Failed/Crashed; this process goes on serving
+        except Exception as exc:  # this process goes on serving; the run ends Failed, whatever stage it reached
             log.exception("rollback run %s ended with an error", flow_run.id)
+            _fail_unless_final(flow_run.id, exc)
 
     def _watch(self) -> None:
         """Claim and run the deployment's due SCHEDULED runs (created by a person, or retried) as they appear."""
@@ -174,6 +175,21 @@ def _due_runs(client: Any, deployment_id: UUID) -> list[Any]:
         limit=50,
     )
     return runs
+
+
+def _fail_unless_final(flow_run_id: UUID, exc: Exception) -> None:
+    """A run the engine could not start (its parameters refused...) ends Failed, saying why, not left RUNNING."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+            if state is None or not state.is_final():
+                message = f"not run: {type(exc).__name__}: {exc}"[:2000]
+                client.set_flow_run_state(flow_run_id, Failed(message=message), force=True)
+    except Exception as error:  # the API down: the run stays as it is, the log above says why
+        log.warning("could not mark rollback run %s Failed: %s", flow_run_id, error)
 
 
 def _requeue_orphans(client: Any, deployment_id: UUID, older_than: float) -> list[UUID]:

@@ -32,10 +32,17 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         _say(f"  app       {sandbox.app.url} runs {broken[:7]} 'New payment provider': /health -> {health.status_code}")
         _say(f"  config    {sandbox.config_path}")
         _say()
+        from commands.ready_keeper import ReadyKeeper
+        from flows.rollback import RollbackSummary, rollback
+        from runbook.config import load_config
+
+        _say("Preparing the ready rollback target, as `runbook serve` keeps it for each service ahead of an incident")
+        _say("(the full resolution's checks made now: an alert then only checks the running version and deploys) ...")
+        with using_config(sandbox.config_path):
+            ReadyKeeper(say=lambda line: _say(f"  {line}")).refresh(load_config(), SERVICE, ENVIRONMENT)
+        _say()
         _say(f"Running the Prefect flow `rollback` for {SERVICE}/{ENVIRONMENT} (no SHA given: last known good) ...")
         _say()
-
-        from flows.rollback import RollbackSummary, rollback
 
         started = time.perf_counter()
         with using_config(sandbox.config_path):  # the flow reads $RUNBOOK_CONFIG, as under `runbook serve`
@@ -69,6 +76,8 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
             _say(f"  rolled back to    {summary.to_sha}  (last known good: {good == summary.to_sha})")
             _say(f"  image digest      {summary.digest}")
             _say(f"  time to recovery  {summary.time_to_recovery:.2f} s (flow wall time {wall:.2f} s)")
+            path = next((line for line in summary.postmortem.splitlines() if "path: " in line), "")
+            _say(f"  path taken        {path.split('path: ', 1)[-1] or '?'}")
         else:
             _say(f"  failure           {summary}")
         _say(f"  app now           {health.json().get('version', '?')[:7]}: /health -> {health.status_code}")
