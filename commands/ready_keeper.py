@@ -85,7 +85,7 @@ class ReadyKeeper:
                     ready_store.forget(client, service, environment)
                 self._say(f"ready target {service}/{environment}: none ({exc}); rollbacks resolve in full")
                 return f"none: {exc}"
-            ready_store.write(client, ready)
+        ready_store.write(ready)
         self._say(
             f"ready target {service}/{environment}: {ready.short} ({ready.source}) = {ready.digest}, "
             f"{ready.running[:7]} running"

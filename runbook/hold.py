@@ -197,28 +197,10 @@ def with_end(last: LastRollback, run: FlowRun) -> LastRollback:
 
 
 def write_last(client: SyncPrefectClient, last: LastRollback, *, replacing: bool) -> None:
-    """Write the record: `replacing` the one just read, or as a new Variable (one write either way).
+    """Write the record (created, or replacing the one there); SQLite busy: tried again soon (prefect_calls).
 
-    Callers hold the service's rollback slot, so two writes never race; a guess that was wrong (the Variable
-    held something else, or was deleted in between) costs one more call.
+    Callers hold the service's rollback slot, so two writes never race.
     """
-    import httpx
-    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-    from prefect.exceptions import ObjectAlreadyExists
+    from runbook.prefect_calls import put_variable
 
-    name = variable_name(last.service, last.environment)
-    value = last.to_value()
-    create = VariableCreate(name=name, value=value, tags=["runbook"])
-    update = VariableUpdate(name=name, value=value)
-    if replacing:
-        try:
-            client.update_variable(update)
-        except httpx.HTTPStatusError as exc:  # the client raises it as is for a PATCH
-            if exc.response.status_code != 404:
-                raise
-            client.create_variable(create)
-        return
-    try:
-        client.create_variable(create)
-    except ObjectAlreadyExists:
-        client.update_variable(update)
+    put_variable(variable_name(last.service, last.environment), last.to_value(), ["runbook"])

@@ -132,17 +132,11 @@ def read(client: SyncPrefectClient, service: str, environment: str) -> ReadyTarg
     return None if variable is None else ReadyTarget.from_value(variable.value, service, environment)
 
 
-def write(client: SyncPrefectClient, ready: ReadyTarget) -> None:
-    """Keep `ready` (created, or replacing the one there)."""
-    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-    from prefect.exceptions import ObjectAlreadyExists
+def write(ready: ReadyTarget) -> None:
+    """Keep `ready` (created, or replacing the one there); SQLite busy: tried again soon (prefect_calls)."""
+    from runbook.prefect_calls import put_variable
 
-    name = variable_name(ready.service, ready.environment)
-    value = ready.to_value()
-    try:
-        client.create_variable(VariableCreate(name=name, value=value, tags=["runbook", "ready-target"]))
-    except ObjectAlreadyExists:
-        client.update_variable(VariableUpdate(name=name, value=value))
+    put_variable(variable_name(ready.service, ready.environment), ready.to_value(), ["runbook", "ready-target"])
 
 
 def forget(client: SyncPrefectClient, service: str, environment: str) -> None:

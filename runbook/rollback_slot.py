@@ -32,6 +32,7 @@ from prefect.variables import Variable
 
 from runbook import background
 from runbook.errors import RollbackInProgressError
+from runbook.prefect_calls import put_variable
 
 LEASE_SECONDS = 300
 #: Flow run state types whose run may still hold its slot; any other (Completed, Failed, Crashed...) cannot.
@@ -148,6 +149,6 @@ class Slot:
 
 def _write_holder(name: str, holder: dict[str, str]) -> None:
     try:
-        Variable.set(name, holder, overwrite=True)
+        put_variable(name, holder, ["runbook"])
     except Exception:  # a Retry after a crash would wait for the lease to expire: worse, not wrong
         logging.getLogger(__name__).warning("could not write down the holder of the rollback slot %s", name)

@@ -177,7 +177,7 @@ class Sandbox:
                 "base_url": self.slack.base_url,
                 "token": {"env": SLACK_TOKEN_VAR},
                 "language": "fr",
-                "delivery_seconds": 5,  # a Slack kept down by a test is given up on quickly
+                "delivery_seconds": 2,  # a Slack kept down by a test is given up on quickly
             },
             "registries": [{"host": self.registry.host, "insecure": True}],
             "services": {

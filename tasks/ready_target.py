@@ -96,8 +96,7 @@ def basis(scope: Scope) -> str:
 
 def keep(ready: ReadyTarget) -> None:
     """Store it where the next run (and the UI's Variables page) finds it."""
-    with get_client(sync_client=True) as client:
-        ready_store.write(client, ready)
+    ready_store.write(ready)
 
 
 @task(name="prepare-ready-target", cache_policy=NO_CACHE)

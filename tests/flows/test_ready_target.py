@@ -30,8 +30,7 @@ def _kept() -> ReadyTarget | None:
 
 
 def _keep(ready: ReadyTarget) -> None:
-    with get_client(sync_client=True) as client:
-        ready_store.write(client, ready)
+    ready_store.write(ready)
 
 
 @pytest.fixture(autouse=True)

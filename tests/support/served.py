@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from commands.serve import LocalServer
 from sandbox.process import free_port
@@ -37,9 +38,15 @@ class Served:
 
 
 @contextmanager
-def serving(server: LocalServer, sandbox: Sandbox, workdir: Path, *, alerts: bool = True) -> Iterator[Served]:
-    """`runbook serve` against `server` for the sandbox, until its deployments (and alert endpoint) are up."""
+def serving(
+    server: LocalServer, sandbox: Sandbox, workdir: Path, *, alerts: bool = True, **settings: Any
+) -> Iterator[Served]:
+    """`runbook serve` against `server` for the sandbox, until its deployments (and alert endpoint) are up.
+
+    `settings`: top-level sections of the configuration to set (e.g. `ready_target={...}`).
+    """
     data = sandbox.config_data()
+    data.update(settings)
     if alerts:
         data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
     config = sandbox.write_config(data, "served.yaml")
