@@ -71,3 +71,24 @@ def _auth_headers() -> dict[str, str]:
         secret = api_key.get_secret_value() if hasattr(api_key, "get_secret_value") else str(api_key)
         return {"Authorization": f"Bearer {secret}"}
     return {}
+
+
+class BusyAtOnce(httpx.AsyncBaseTransport):
+    """A transport for Prefect's async client: busy answers come back with `Retry-After: 0`.
+
+    Prefect's client waits `Retry-After` when it is given, else 2 s, 4 s..., and waits even after its last
+    attempt. With its retries turned off (PREFECT_CLIENT_MAX_RETRIES=0) and this transport, a busy answer comes
+    back at once, and the caller decides how soon to try again (runbook/alerts/launcher.py: 0.1 s doubling).
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if response.status_code in BUSY:
+            response.headers["Retry-After"] = "0"
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -38,8 +38,12 @@ class BusyApi(ThreadedHTTPServer):
             def do_POST(self) -> None:
                 self._serve(lambda body: (201, body))
 
+            def do_GET(self) -> None:  # reading a Variable: none here
+                self._serve(lambda body: (404, {"detail": "Variable not found"}))
+
             def _serve(self, answer: Any) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else {}
                 api.calls.append((self.command, self.path, self.headers.get("Authorization")))
                 if len(api.calls) <= api.busy:
                     status, reply = api.status, {"detail": "database is locked"}
@@ -83,3 +87,27 @@ def test_it_gives_up_at_its_deadline_and_never_retries_a_refusal() -> None:
     with BusyApi(busy=1, status=422) as api, pytest.raises(httpx.HTTPStatusError, match="422"):
         _put(api)
     assert len(api.calls) == 1
+
+
+def test_the_launchers_client_hears_busy_at_once() -> None:
+    """Prefect's async client, its retries off, with `BusyAtOnce`: a 503 comes back without Prefect's 2 s sleep."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    from runbook.prefect_calls import BusyAtOnce
+
+    async def read(api: BusyApi) -> float:
+        settings = {PREFECT_API_URL: f"{api.url}/api", PREFECT_CLIENT_MAX_RETRIES: 0}
+        with temporary_settings(settings):
+            async with get_client(httpx_settings={"transport": BusyAtOnce()}) as client:
+                started = time.monotonic()
+                with pytest.raises(PrefectHTTPStatusError, match="503"):
+                    await client.read_variable_by_name("ready-target-shop-production")
+                return time.monotonic() - started
+
+    with BusyApi(busy=1) as api:
+        assert asyncio.run(read(api)) < 1  # Prefect's own wait after a 503 is 2 s (jittered)
+    assert [method for method, _, _ in api.calls] == ["GET"]

@@ -189,7 +189,10 @@ class PrefectLauncher:
             if state.client is None:
                 from prefect.client.orchestration import get_client
 
-                client = get_client()
+                from runbook.prefect_calls import BusyAtOnce
+
+                # Prefect's client sleeps 2 s after a 503 even with its retries off, unless told Retry-After.
+                client = get_client(httpx_settings={"transport": BusyAtOnce()})
                 await client.__aenter__()
                 state.client = client
             state.users += 1
