@@ -42,11 +42,14 @@ import httpx
 from commands.warm import WarmRuns
 from runbook.config import CONFIG_ENV_VAR, RunbookConfig, load_config
 from runbook.errors import RunbookError
+from runbook.prefect_calls import BUSY_RETRIES, hear_busy_soon
 from runbook.processes import stop_process
 
 POLL_SETTINGS = {
     # Whole seconds; 1 is the minimum. Created run -> Running: 7.2 s median at 10, 1.5 s at 1 (PREFECT-NOTES).
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    # Busy answers (SQLite's lock) retried within 0.1-2 s, more often: runbook.prefect_calls.hear_busy_soon.
+    "PREFECT_CLIENT_MAX_RETRIES": str(BUSY_RETRIES),
 }
 #: Seconds an idle connection to the alert endpoint is kept open (uvicorn's `timeout_keep_alive`).
 KEEP_ALIVE = 5
@@ -269,6 +272,8 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
             os.environ["PREFECT_API_URL"] = api
             from prefect.exceptions import TerminationSignal
             from prefect.runner import Runner
+
+            hear_busy_soon()  # before any client is made: no 2 s sleep after SQLite's "database is locked"
 
             from commands.ready_keeper import ReadyKeeper
             from deployments.spec import runner_deployments

@@ -16,6 +16,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # Links to the run (Slack, post-mortem, GitHub deployment log URL) are built from the UI's address.
 os.environ.setdefault("PREFECT_UI_URL", "http://127.0.0.1:4200")
+# As under `runbook serve`: a busy answer (SQLite's lock) retried within 0.1-2 s (runbook/prefect_calls.py).
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "30")
 
 import pytest  # noqa: E402
 
@@ -30,6 +32,10 @@ def prefect_server() -> Iterator[None]:
     """One Prefect test server for the whole session (starting one costs seconds, see PREFECT-NOTES)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
+
+    from runbook.prefect_calls import hear_busy_soon
+
+    hear_busy_soon()
 
     with (
         prefect_test_harness(server_startup_timeout=90),

@@ -111,3 +111,21 @@ def test_the_launchers_client_hears_busy_at_once() -> None:
     with BusyApi(busy=1) as api:
         assert asyncio.run(read(api)) < 1  # Prefect's own wait after a 503 is 2 s (jittered)
     assert [method for method, _, _ in api.calls] == ["GET"]
+
+
+def test_prefect_clients_made_after_hear_busy_soon_wait_a_tenth_of_a_second_not_two() -> None:
+    from prefect.client.orchestration import get_client
+
+    from runbook.prefect_calls import hear_busy_soon
+
+    hear_busy_soon()  # idempotent (the tests' conftest installs it, as `runbook serve` does)
+    with (
+        BusyApi(busy=3) as api,
+        temporary_settings({PREFECT_API_URL: f"{api.url}/api"}),
+        get_client(sync_client=True) as client,
+    ):
+        started = time.monotonic()
+        assert client.read_variable_by_name("ready-target-shop-production") is None  # the 404 after 3 busy
+        elapsed = time.monotonic() - started
+    assert [method for method, _, _ in api.calls] == ["GET"] * 4  # Prefect's own retries, 3 of them
+    assert elapsed < 1.5  # 0.1 + 0.2 + 0.4 s, where Prefect alone sleeps 2 s, 4 s, 8 s
