@@ -234,9 +234,11 @@ class PrefectLauncher:
     async def _until_answered(self, state: _LoopState, request: RollbackRequest) -> Launch:
         """`_launch`, again after a short pause (0.1 s, doubling up to 1 s) while the API answers it is busy.
 
-        SQLite's writer lock ("database is locked") comes back as a 503; every call of a launch is safe to repeat
-        (reads, and a create carrying the idempotency key). The launch's timeout bounds the whole.
+        SQLite's writer lock ("database is locked") comes back as a 503, an overloaded server may drop a kept-alive
+        connection; every call of a launch is safe to repeat (reads, and a create carrying the idempotency key).
+        The launch's timeout bounds the whole.
         """
+        import httpx
         import prefect.context
         from prefect.exceptions import PrefectHTTPStatusError
 
@@ -252,6 +254,8 @@ class PrefectLauncher:
                         if exc.response.status_code not in (429, 502, 503):
                             raise
                         logger.debug("Prefect API busy (%s): retrying in %.1f s", exc.response.status_code, pause)
+                    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:  # a kept-alive connection dropped
+                        logger.debug("Prefect API connection dropped (%s): retrying in %.1f s", exc, pause)
                 await asyncio.sleep(pause)  # not holding a place at the gate
                 pause = min(pause * 2, 1.0)
 
