@@ -28,8 +28,6 @@ from sandbox.github_standin import WorkflowRunRequest
 from sandbox.registry import push_image
 from sandbox.world import ENVIRONMENT, HISTORY, REPOSITORY, SERVICE, WORKFLOW_TEMPLATE, Sandbox
 
-_MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
-
 
 @dataclass
 class ServiceWorld:
@@ -120,17 +118,7 @@ class ManyServicesSandbox(Sandbox):
         world = next((w for w in self.extra.values() if w.repository.lower() == request.repository.lower()), None)
         if world is None:
             return super()._run_workflow(request)
-        if self.workflow_fails:
-            return "failure"
-        sha = str(request.inputs.get("sha", ""))
-        reference = str(request.inputs.get("digest") or sha)
-        url = f"{self.registry.base_url}/v2/{world.image_path}/manifests/{reference}"
-        answer = httpx.head(url, headers={"Accept": _MANIFEST_TYPES}, timeout=5)
-        if answer.status_code != 200:
-            return "failure"
-        self.deployed_digests.append(answer.headers.get("Docker-Content-Digest", ""))
-        world.app.deploy(sha)
-        return "success"
+        return "failure" if self.workflow_fails else self._deploy_image(request, world.image_path, world.app)
 
     def config_data(self, **environment_overrides: Any) -> dict[str, Any]:
         """The sandbox's configuration, with every extra service configured like `shop`, on its own app."""

@@ -136,17 +136,19 @@ class Sandbox:
 
     def _run_workflow(self, request: WorkflowRunRequest) -> str:
         """What the shipped rollback-production workflow does: pull IMAGE@digest (or IMAGE:sha), deploy it."""
-        if self.workflow_fails:
-            return "failure"
+        return "failure" if self.workflow_fails else self._deploy_image(request, "acme/shop", self.app)
+
+    def _deploy_image(self, request: WorkflowRunRequest, image_path: str, app: SandboxApp) -> str:
+        """The workflow's job: the image IMAGE@digest (or IMAGE:sha) must be in the registry; `app` then runs it."""
         sha = str(request.inputs.get("sha", ""))
         reference = str(request.inputs.get("digest") or sha)
-        url = f"{self.registry.base_url}/v2/acme/shop/manifests/{reference}"
+        url = f"{self.registry.base_url}/v2/{image_path}/manifests/{reference}"
         accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
         answer = httpx.head(url, headers={"Accept": accept}, timeout=5)
         if answer.status_code != 200:
             return "failure"
         self.deployed_digests.append(answer.headers.get("Docker-Content-Digest", ""))
-        self.app.deploy(sha)
+        app.deploy(sha)
         return "success"
 
     def config_data(self, **environment_overrides: Any) -> dict[str, Any]:
