@@ -126,7 +126,7 @@ def deploy_starting(record: Journal, thread: Root) -> None:
             now = hold.read_last(client, record.service, record.environment)
             if now is None or now.flow_run_id != run_id:
                 return  # no longer this run's record: nothing of ours to complete
-            hold.write_last(client, replace(now, channel=root.channel, thread_ts=root.ts), replacing=True)
+        hold.write_last(replace(now, channel=root.channel, thread_ts=root.ts))
     except Exception as exc:
         record.warn(f"the automatic rollback's Slack thread was not written down ({describe_error(exc)})")
     else:
@@ -153,7 +153,7 @@ def _write_down(record: Journal, run_id: str, root: Posted) -> hold.LastRollback
                 )
             if last.thread_ts is None and root.threaded:
                 last = replace(last, channel=root.channel, thread_ts=root.ts)
-            hold.write_last(client, last, replacing=earlier is not None)
+        hold.write_last(last)
     except Exception as exc:
         record.warn(
             f"the automatic rollback was not written down ({describe_error(exc)}): "
@@ -166,8 +166,7 @@ def _write_down(record: Journal, run_id: str, root: Posted) -> hold.LastRollback
 
 def _remember(last: hold.LastRollback, logger: Any) -> None:
     try:
-        with get_client(sync_client=True) as client:
-            hold.write_last(client, last, replacing=True)
+        hold.write_last(last)
     except Exception as exc:
         logger.warning("could not write down which alert groups were told: %s", describe_error(exc))
 

@@ -196,7 +196,7 @@ def with_end(last: LastRollback, run: FlowRun) -> LastRollback:
     return replace(last, ended_at=run.end_time or run.state.timestamp)
 
 
-def write_last(client: SyncPrefectClient, last: LastRollback, *, replacing: bool) -> None:
+def write_last(last: LastRollback) -> None:
     """Write the record (created, or replacing the one there); SQLite busy: tried again soon (prefect_calls).
 
     Callers hold the service's rollback slot, so two writes never race.

@@ -1,18 +1,14 @@
-"""Prefect Variables written without waiting seconds for SQLite's writer lock.
+"""How this project talks to a busy Prefect API: soon again, not after Prefect's 2 s, 4 s, 8 s...
 
-On SQLite, a write that meets the server's own writes is answered 503 ("database is locked"). Prefect's client
-then sleeps 2 s, 4 s... before trying again, and sleeps 2 s even when its retries are turned off (it sleeps
-before it looks at the count): seconds of a rollback, or of its end, for a record of a few bytes.
-
-`put_variable` writes a Variable through the same REST API with a plain httpx client (the API's address from
-Prefect's client, its auth string or key from Prefect's settings) and tries again after 0.05 s, doubling up to
-0.5 s, for as long as `within` allows. A Variable written whole is safe to write again.
+On SQLite, a write that meets the server's own writes is answered 503 ("database is locked"), which usually
+clears within milliseconds. Prefect's client then sleeps 2 s, 4 s... before trying again, and sleeps 2 s even
+when its retries are turned off (it sleeps before it looks at the count): seconds of a rollback for a record of a
+few bytes. `hear_busy_soon` makes every Prefect client of the process wait 0.1 s instead, doubling up to 2 s;
+`put_variable` writes a Variable whole with one call (two when it does not exist yet).
 """
 
 from __future__ import annotations
 
-import base64
-import time
 from typing import Any
 
 import httpx
@@ -21,77 +17,28 @@ import httpx
 BUSY = frozenset({429, 502, 503})
 
 
-def put_variable(name: str, value: Any, tags: list[str], *, within: float = 20.0) -> None:
-    """Create or replace the Prefect Variable `name` (raises httpx.HTTPStatusError when the API refuses it)."""
-    from prefect.client.orchestration import get_client
+def put_variable(name: str, value: Any, tags: list[str]) -> None:
+    """Create or replace the Prefect Variable `name`: an update, or a create when there is none yet.
 
-    with get_client(sync_client=True) as client:  # where the API is, the ephemeral one included
-        base_url = str(client.api_url).rstrip("/")
-    with httpx.Client(base_url=base_url, headers=_auth_headers(), timeout=10) as http:
-        response = _until_answered(lambda: _put(http, name, value, tags), within)
-    response.raise_for_status()
-
-
-def _put(http: httpx.Client, name: str, value: Any, tags: list[str]) -> httpx.Response:
-    body = {"name": name, "value": value, "tags": tags}
-    response = http.patch(f"/variables/name/{name}", json=body)
-    if response.status_code == 404:
-        response = http.post("/variables/", json=body)
-        if response.status_code == 409:  # created by another writer meanwhile
-            response = http.patch(f"/variables/name/{name}", json=body)
-    return response
-
-
-def _until_answered(call: Any, within: float) -> httpx.Response:
-    deadline = time.monotonic() + within
-    pause = 0.05
-    while True:
-        try:
-            response: httpx.Response = call()
-        except httpx.TransportError:
-            if time.monotonic() + pause > deadline:
-                raise
-        else:
-            if response.status_code not in BUSY or time.monotonic() + pause > deadline:
-                return response
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-
-
-def _auth_headers() -> dict[str, str]:
-    """What Prefect's client sends: Basic credentials of the auth string, or the API key as a bearer token."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
-
-    auth_string = PREFECT_API_AUTH_STRING.value()
-    if auth_string:
-        secret = auth_string.get_secret_value() if hasattr(auth_string, "get_secret_value") else str(auth_string)
-        return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
-    api_key = PREFECT_API_KEY.value()
-    if api_key:
-        secret = api_key.get_secret_value() if hasattr(api_key, "get_secret_value") else str(api_key)
-        return {"Authorization": f"Bearer {secret}"}
-    return {}
-
-
-class BusyAtOnce(httpx.AsyncBaseTransport):
-    """A transport for Prefect's async client: busy answers come back with `Retry-After: 0`.
-
-    Prefect's client waits `Retry-After` when it is given, else 2 s, 4 s..., and waits even after its last
-    attempt. With its retries turned off (PREFECT_CLIENT_MAX_RETRIES=0) and this transport, a busy answer comes
-    back at once, and the caller decides how soon to try again (runbook/alerts/launcher.py: 0.1 s doubling).
+    Safe to repeat (the whole value is written). Busy answers are retried by Prefect's client, soon in a process
+    that hears busy soon (`runbook serve`, and any process with PREFECT_CLIENT_MAX_RETRIES=30).
     """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+    from prefect.exceptions import ObjectAlreadyExists
 
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if response.status_code in BUSY:
-            response.headers["Retry-After"] = "0"
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    hear_busy_soon()
+    with get_client(sync_client=True) as client:
+        try:
+            client.update_variable(VariableUpdate(name=name, value=value, tags=tags))
+            return
+        except httpx.HTTPStatusError as exc:  # the client raises it as is for a PATCH
+            if exc.response.status_code != 404:
+                raise
+        try:
+            client.create_variable(VariableCreate(name=name, value=value, tags=tags))
+        except ObjectAlreadyExists:  # created by another writer meanwhile
+            client.update_variable(VariableUpdate(name=name, value=value, tags=tags))
 
 
 #: Prefect's client retries a busy answer this many times in a process that hears busy soon (about 50 s in all).
@@ -106,12 +53,14 @@ def hear_busy_soon() -> None:
     (half the alerts took 2.5 s instead of 0.5 s). A response hook gives each busy answer a `Retry-After`
     (which Prefect's client honours) growing with the request's attempts, and the client's retries are raised
     to `BUSY_RETRIES` (PREFECT_CLIENT_MAX_RETRIES, set in the environment before Prefect is imported: see
-    `runbook serve`), so its patience stays about a minute. Installed once per process; clients made before it
-    keep Prefect's own waits.
+    `runbook serve`), so its patience stays about a minute. Without that many retries it installs nothing (five
+    quick retries would give up within 3 s, where Prefect's own waits last a minute). Installed once per process;
+    clients made before it keep Prefect's own waits.
     """
     from prefect.client import base
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
-    if getattr(base, "_runbook_hears_busy_soon", False):
+    if getattr(base, "_runbook_hears_busy_soon", False) or PREFECT_CLIENT_MAX_RETRIES.value() < BUSY_RETRIES:
         return
 
     def on_sync(response: httpx.Response) -> None:

@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
+import httpx
+
 from runbook import hold
 from runbook.errors import LaunchError
 from runbook.incident import AlertContext
@@ -146,8 +148,12 @@ class PrefectLauncher:
     `timeout_seconds`: past it, the answer is a 503 saying the API is busy, which Alertmanager retries (and
     the idempotency key makes the retry find a run the late attempt may have created).
 
-    `hand_to`: in `runbook serve`, `commands.warm.WarmRuns.run_owned`: each run is created PENDING and handed to
-    it, which runs it at once in that process, instead of waiting for a runner's poll and a new process.
+    `hand_to`: in `runbook serve`, `commands.warm.WarmRuns.run_owned`: each run is created PENDING, marked as
+    this launcher's, and handed to it, which runs it at once in that process, instead of waiting for a runner's
+    poll and a new process. A create whose answer was lost is found again by the next attempt (the idempotency
+    key, then the active run): still PENDING with this launcher's mark, it is handed over then, never left
+    waiting. A run another replica created carries its mark, not this one's. `transport`: how the API is
+    reached (tests give one that loses an answer).
     """
 
     def __init__(
@@ -157,9 +163,12 @@ class PrefectLauncher:
         timeout_seconds: float = LAUNCH_SECONDS,
         concurrency: int = LAUNCH_CONCURRENCY,
         hand_to: Callable[[FlowRun], object] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.deployment_name = deployment_name
         self.hand_to = hand_to
+        self.transport = transport
+        self.mark = f"{HANDED_OVER} ({uuid4().hex[:12]})"  # this launcher's runs, while PENDING
         self.timeout_seconds = timeout_seconds
         self.concurrency = concurrency
         self._deployment_id: UUID | None = None
@@ -189,10 +198,10 @@ class PrefectLauncher:
             if state.client is None:
                 from prefect.client.orchestration import get_client
 
-                from runbook.prefect_calls import BusyAtOnce
+                from runbook.prefect_calls import hear_busy_soon
 
-                # Prefect's client sleeps 2 s after a 503 even with its retries off, unless told Retry-After.
-                client = get_client(httpx_settings={"transport": BusyAtOnce()})
+                hear_busy_soon()  # a busy answer comes back after 0.1 s, not Prefect's 2 s sleep
+                client = get_client(httpx_settings={"transport": self.transport} if self.transport else None)
                 await client.__aenter__()
                 state.client = client
             state.users += 1
@@ -238,7 +247,6 @@ class PrefectLauncher:
         connection; every call of a launch is safe to repeat (reads, and a create carrying the idempotency key).
         The launch's timeout bounds the whole.
         """
-        import httpx
         import prefect.context
         from prefect.exceptions import PrefectHTTPStatusError
 
@@ -297,6 +305,7 @@ class PrefectLauncher:
         for run in active:
             given = run.parameters or {}
             if (given.get("service"), given.get("environment")) == (request.service, request.environment):
+                self._hand_over_if_ours(run)  # created by an attempt whose answer was lost
                 return _launch_of(run, created=False)
         if earlier:  # these alerts' rollback already ran and ended: Prefect would hand it back anyway
             return _launch_of(earlier[0], created=False)
@@ -310,9 +319,8 @@ class PrefectLauncher:
             "reason": request.reason,
             "incident": request.link,
         }
-        # Handed over: created PENDING (no runner or worker picks that up), marked as this call's own. A run the
-        # key already named (another replica made it) comes back with its own state: not this call's to run.
-        own: State[Any] | None = Pending(message=f"{HANDED_OVER} ({uuid4().hex[:12]})") if self.hand_to else None
+        # Handed over: created PENDING (no runner or worker picks that up), with this launcher's mark.
+        own: State[Any] | None = Pending(message=self.mark) if self.hand_to else None
         try:
             run = await client.create_flow_run_from_deployment(
                 deployment_id,
@@ -326,8 +334,7 @@ class PrefectLauncher:
             if exc.response.status_code != 409:
                 raise
             raise _refused_by_deployment(self.deployment_name, request, exc.response) from None
-        if self.hand_to is not None and own is not None and run.state is not None and run.state.message == own.message:
-            self.hand_to(run)  # `runbook serve`: run at once, in its warm process
+        self._hand_over_if_ours(run)  # `runbook serve`: run at once, in its warm process
         logger.info(
             "created rollback run %s for %s/%s (alert %s)",
             run.id,
@@ -336,6 +343,12 @@ class PrefectLauncher:
             request.alert_fingerprint,
         )
         return _launch_of(run, created=True)
+
+    def _hand_over_if_ours(self, run: FlowRun) -> None:
+        """Hand `run` over when it waits PENDING with this launcher's mark (the warm runs ignore one they run)."""
+        state = run.state
+        if self.hand_to is not None and state is not None and state.is_pending() and state.message == self.mark:
+            self.hand_to(run)
 
     async def _resolve_deployment(self, client: PrefectClient) -> UUID:
         if self._deployment_id is None:

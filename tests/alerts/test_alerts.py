@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -883,6 +884,43 @@ def test_concurrent_launches_create_one_run_per_target(deployment_id: uuid.UUID)
 
     staging = run(runs_of(deployment_id, service=service, environment="staging"))
     assert other.created and [str(r.id) for r in staging] == [other.run_id]
+
+
+class _LosesFirstCreateAnswer(httpx.AsyncBaseTransport):
+    """Lets every request reach the Prefect server, but loses the answer to the first run it creates."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.lost: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.url.path.endswith("/create_flow_run") and not self.lost:
+            await response.aread()  # the server has acted
+            self.lost.append(request.url.path)
+            raise httpx.ReadError("connection lost before the answer", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def test_a_run_created_whose_answer_was_lost_is_still_handed_over_once(deployment_id: uuid.UUID) -> None:
+    """`runbook serve` creates alert runs PENDING for itself: one whose creation answer was lost must not wait
+    forever. The next attempt finds it (still PENDING, this launcher's mark) and hands it over, without a second run."""
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    transport, handed = _LosesFirstCreateAnswer(), []
+    launcher = PrefectLauncher(DEPLOYMENT, hand_to=handed.append, transport=transport)
+
+    launch = run(launcher.launch(request_for(service, "production")))
+
+    assert transport.lost, "the create's answer was not lost: the test proves nothing"
+    [created] = run(runs_of(deployment_id, service=service))
+    assert launch.run_id == str(created.id) and launch.state == "PENDING"
+    assert [r.id for r in handed] == [created.id]
+    # Another launcher (another replica) finds it active, but it is not its own to run.
+    other, seen = [], PrefectLauncher(DEPLOYMENT, hand_to=lambda r: other.append(r))
+    assert run(seen.launch(request_for(service, "production"))).run_id == launch.run_id and other == []
 
 
 def test_ended_rollback_is_not_repeated_but_a_new_incident_starts_one(deployment_id: uuid.UUID) -> None:
