@@ -287,7 +287,11 @@ class _Rollback:
         return found
 
     def ready_target(self, unfinished: UnfinishedRollout | None) -> ReadyCheck | None:
-        """The ready target when it applies (no SHA given, nothing to resume) and still holds; None otherwise."""
+        """The ready target's check when it applies (no SHA given, nothing to resume); None otherwise.
+
+        Its `ready` is None when the target does not hold: the full resolution then starts from the running
+        version this check read (not read twice).
+        """
         checking = self.lookups.ready
         if checking is None or unfinished is not None:
             return None
@@ -297,7 +301,9 @@ class _Rollback:
             return None
         if check.ready is None:
             self.journal.note(f"path: full resolution ({check.why_not})")
-            return None
+            for warning in check.warnings:  # why a more trusted source of the running version was skipped
+                self.journal.warn(warning)
+            return check
         age = check.ready.age(utcnow())
         self.journal.note(f"path: ready target (prepared {age:.0f} s ago, the running version unchanged)")
         return check
@@ -318,7 +324,10 @@ class _Rollback:
                 )
             else:
                 clients = self.clients
-                resolution = resolve_sha(self.scope, clients.repo, clients.target, clients.registry, self.options.sha)
+                current = ready.running if ready is not None else None
+                resolution = resolve_sha(
+                    self.scope, clients.repo, clients.target, clients.registry, self.options.sha, current
+                )
                 step.detail = f"{resolution.short} ({resolution.source}): {resolution.title}"
             journal.from_sha, journal.to_sha, journal.sha_source = resolution.running, resolution.sha, resolution.source
             journal.running_source = resolution.running_source

@@ -118,10 +118,18 @@ def resolve(
 
 @task(name="resolve-sha", cache_policy=run_once(exclude=("repo", "target", "registry")), persist_result=True)
 def resolve_sha(
-    scope: Scope, repo: Repository, target: DeployTarget, registry: RegistryClient, requested: str | None
+    scope: Scope,
+    repo: Repository,
+    target: DeployTarget,
+    registry: RegistryClient,
+    requested: str | None,
+    current: RunningVersion | None = None,
 ) -> Resolution:
-    """Resolve the commit SHA to roll back to, and say how it was chosen."""
-    return resolve_for(scope, repo, target, registry, requested, get_run_logger())
+    """Resolve the commit SHA to roll back to, and say how it was chosen.
+
+    `current`: the running version, when this run has just read it (checking its ready target): not read twice.
+    """
+    return resolve_for(scope, repo, target, registry, requested, get_run_logger(), current)
 
 
 def resolve_for(
@@ -131,6 +139,7 @@ def resolve_for(
     registry: RegistryClient,
     requested: str | None,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    current: RunningVersion | None = None,
 ) -> Resolution:
     """The resolution `resolve-sha` makes (also what a ready target is prepared with, runbook/ready.py)."""
     service, environment = scope.service, scope.environment
@@ -141,7 +150,8 @@ def resolve_for(
         logger.warning(message)
         warnings.append(message)
 
-    current = find_running(repo, environment, scope.settings, target, warn)
+    if current is None:
+        current = find_running(repo, environment, scope.settings, target, warn)
     logger.info(
         "running in %s: %s, read from %s%s",
         environment,

@@ -80,7 +80,7 @@ def test_the_ready_path_deploys_what_the_full_path_would_have_chosen(sandbox: Sa
     ready = _kept()
     assert ready is not None
     assert (ready.running, ready.sha, ready.digest) == (sandbox.commits.broken, sha, digest)
-    assert "preflight" not in ready.preflight.lower() or ready.preflight  # the target's own answer, kept
+    assert ready.preflight.startswith("workflow ") and ready.preflight.endswith(f"is active in {REPOSITORY}")
 
     state = run_rollback(sandbox, reason="5xx spike")
 
