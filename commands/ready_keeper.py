@@ -79,7 +79,7 @@ class ReadyKeeper:
             if not ready_store.needs_preparing(kept, running.sha, utcnow(), max_age, basis(scope)):
                 return "kept"
             try:
-                ready = prepare(scope, clients.repo, clients.target, clients.registry, log)
+                ready = prepare(scope, clients.repo, clients.target, clients.registry, log, running)
             except RunbookError as exc:
                 if kept is not None and ready_store.unusable(kept, running.sha, utcnow(), max_age, basis(scope)):
                     ready_store.forget(client, service, environment)

@@ -244,7 +244,9 @@ class AlertEndpoint:
         from commands.alert_endpoint import create_app
         from runbook.alerts.launcher import PrefectLauncher
 
-        self.app = create_app(config, PrefectLauncher("rollback/rollback", hand_to=warm.run_owned))
+        self.app = create_app(
+            config, PrefectLauncher("rollback/rollback", hand_to=warm.run_owned, mark=warm.handed_mark)
+        )
         # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alert_endpoint.BODY_SECONDS.
         settings = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE)
         server = uvicorn.Server(settings)

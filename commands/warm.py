@@ -28,7 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
+
+from runbook.alerts.launcher import HANDED_OVER
 
 log = logging.getLogger("runbook.serve")
 
@@ -36,8 +38,10 @@ log = logging.getLogger("runbook.serve")
 POLL_SECONDS = 0.25
 #: The message of the PENDING state a run claimed by `WarmRuns` is in until it starts.
 CLAIMED = "claimed by runbook serve (warm process)"
-#: A run left PENDING by this tool for longer than this was taken by a process that stopped before starting it.
+#: A run left PENDING by this tool for longer than this was taken by a process that never started it.
 ORPHAN_SECONDS = 30
+#: How often (in watcher ticks: 5 s) this process looks for its own runs left PENDING by a lost answer.
+ORPHAN_TICKS = 20
 #: Rollbacks run at once by one `serve` (one thread each; they mostly wait on the network).
 MAX_RUNS = 64
 
@@ -54,6 +58,9 @@ class WarmRuns:
         max_runs: int = MAX_RUNS,
         orphan_seconds: float = ORPHAN_SECONDS,
     ) -> None:
+        nonce = uuid4().hex[:12]
+        #: The PENDING messages of this process's runs: handed over by its alert endpoint, or claimed by it.
+        self.handed_mark, self.claimed_mark = f"{HANDED_OVER} ({nonce})", f"{CLAIMED} ({nonce})"
         self._orphan_seconds = orphan_seconds
         self._flow = flow
         self._deployment_id = deployment_id
@@ -116,7 +123,7 @@ class WarmRuns:
 
         try:
             with get_client(sync_client=True) as client:
-                if not _claim(client, flow_run_id):
+                if not _claim(client, flow_run_id, self.claimed_mark):
                     return
                 flow_run = client.read_flow_run(flow_run_id)
         except Exception as exc:  # the API may be down a moment: the watcher finds it again if still SCHEDULED
@@ -145,10 +152,15 @@ class WarmRuns:
                 _requeue_orphans(client, self._deployment_id, self._orphan_seconds)
             except Exception as exc:  # never stops serving: those runs stay PENDING, as they were
                 log.warning("looking for rollback runs a stopped serve left PENDING failed: %s", exc)
+            ticks = 0
             while not self._stopping.wait(self._poll_seconds):
+                ticks += 1
                 try:
                     for flow_run in _due_runs(client, self._deployment_id):
                         self.take(flow_run.id)
+                    if ticks % ORPHAN_TICKS == 0:  # this process's own, left PENDING by a lost answer
+                        own = (self.handed_mark, self.claimed_mark)
+                        _requeue_orphans(client, self._deployment_id, self._orphan_seconds, own, set(self.running))
                 except Exception as exc:  # the API may be down a moment: again at the next tick
                     log.warning("reading the rollback runs to start failed: %s: %s", type(exc).__name__, exc)
 
@@ -192,12 +204,20 @@ def _fail_unless_final(flow_run_id: UUID, exc: Exception) -> None:
         log.warning("could not mark rollback run %s Failed: %s", flow_run_id, error)
 
 
-def _requeue_orphans(client: Any, deployment_id: UUID, older_than: float) -> list[UUID]:
-    """Runs a previous serve took (PENDING, by its claim's or hand-over's message) but never started: SCHEDULED again.
+def _requeue_orphans(
+    client: Any,
+    deployment_id: UUID,
+    older_than: float,
+    marks: tuple[str, ...] = (HANDED_OVER, CLAIMED),
+    running: set[UUID] | None = None,
+) -> list[UUID]:
+    """Runs taken (PENDING, with one of `marks` starting their message) but never started: SCHEDULED again.
 
-    A process that stops between taking a run and starting it leaves it PENDING, where no one else would ever
-    start it (and the alert endpoint would keep answering with it). Started afresh, the run's own checks (the
-    running version, the hold, the one-at-a-time slot) decide what it still has to do.
+    At start, any serve's mark: a process that stopped between taking a run and starting it left it PENDING,
+    where no one else would ever start it (and the alert endpoint would keep answering with it). While serving,
+    this process's own marks, for runs it is not running: a claim or a create whose answer was lost. Only after
+    `older_than` seconds (the alert endpoint hands a run over within its launch time, far less). Started afresh,
+    the run's own checks (the running version, the hold, the one-at-a-time slot) decide what it still has to do.
     """
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -208,8 +228,6 @@ def _requeue_orphans(client: Any, deployment_id: UUID, older_than: float) -> lis
     from prefect.client.schemas.objects import StateType
     from prefect.states import Scheduled
     from prefect.types._datetime import now
-
-    from runbook.alerts.launcher import HANDED_OVER
 
     runs = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
@@ -222,18 +240,18 @@ def _requeue_orphans(client: Any, deployment_id: UUID, older_than: float) -> lis
     for run in runs:
         state = run.state
         message = (state.message or "") if state is not None else ""
-        ours = message.startswith((HANDED_OVER, CLAIMED))
+        ours = message.startswith(marks) and run.id not in (running or set())
         if state is not None and ours and (now("UTC") - state.timestamp).total_seconds() >= older_than:
-            client.set_flow_run_state(run.id, Scheduled(message="requeued: the serve that took it stopped"), force=True)
-            log.warning("rollback run %s was left PENDING by a stopped serve: scheduled again", run.id)
+            client.set_flow_run_state(run.id, Scheduled(message="requeued: taken, never started"), force=True)
+            log.warning("rollback run %s was left PENDING (taken, never started): scheduled again", run.id)
             requeued.append(run.id)
     return requeued
 
 
-def _claim(client: Any, flow_run_id: UUID) -> bool:
+def _claim(client: Any, flow_run_id: UUID, mark: str) -> bool:
     """Propose PENDING: accepted for one claimant only (Prefect refuses PENDING after PENDING or RUNNING)."""
     from prefect.client.schemas.responses import SetStateStatus
     from prefect.states import Pending
 
-    result = client.set_flow_run_state(flow_run_id, Pending(message=CLAIMED))
+    result = client.set_flow_run_state(flow_run_id, Pending(message=mark))
     return bool(result.status == SetStateStatus.ACCEPT)

@@ -64,10 +64,18 @@ class ReadyCheck:
 
 
 def prepare(
-    scope: Scope, repo: Repository, target: DeployTarget, registry: RegistryClient, logger: Logger
+    scope: Scope,
+    repo: Repository,
+    target: DeployTarget,
+    registry: RegistryClient,
+    logger: Logger,
+    current: RunningVersion | None = None,
 ) -> ReadyTarget:
-    """Resolve the way back now, with the full path's checks (raises what they raise: nothing is kept then)."""
-    resolution = resolve_for(scope, repo, target, registry, None, logger)
+    """Resolve the way back now, with the full path's checks (raises what they raise: nothing is kept then).
+
+    `current`: the running version, when the caller has just read it (not read twice).
+    """
+    resolution = resolve_for(scope, repo, target, registry, None, logger, current)
     assert resolution.running is not None  # the full resolution refuses to choose without it
     manifest = find_image(registry, scope.service, resolution.sha)
     preflight = target.preflight()
@@ -94,16 +102,11 @@ def basis(scope: Scope) -> str:
     return ready_store.basis_of(scope.web_url, scope.service, scope.settings, *scope.registries)
 
 
-def keep(ready: ReadyTarget) -> None:
-    """Store it where the next run (and the UI's Variables page) finds it."""
-    ready_store.write(ready)
-
-
 @task(name="prepare-ready-target", cache_policy=NO_CACHE)
 def prepare_ready_target(scope: Scope, repo: Repository, target: DeployTarget, registry: RegistryClient) -> str:
     """After a rollback: the next way back, prepared and kept now (the incident's next alert needs it)."""
     ready = prepare(scope, repo, target, registry, get_run_logger())
-    keep(ready)
+    ready_store.write(ready)
     return f"ready target: {ready.short} ({ready.source}) = {ready.digest}, {ready.running[:7]} running"
 
 

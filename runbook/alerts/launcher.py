@@ -46,6 +46,8 @@ logger = logging.getLogger("runbook.alerts")
 ACTIVE_STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 #: The message of the PENDING state a run handed to `runbook serve`'s warm process is created in.
 HANDED_OVER = "handed to runbook serve's warm process"
+#: A run PENDING with this launcher's mark is handed over (again) only this young (the watcher takes older ones).
+HAND_OVER_SECONDS = 15.0
 #: How long a launch may take (the Prefect API busy included) before the answer is a 503 the sender retries.
 LAUNCH_SECONDS = 8.0
 #: Launches talking to the Prefect API at once (more only queue up for SQLite's writer lock).
@@ -164,11 +166,13 @@ class PrefectLauncher:
         concurrency: int = LAUNCH_CONCURRENCY,
         hand_to: Callable[[FlowRun], object] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        mark: str | None = None,
     ) -> None:
         self.deployment_name = deployment_name
         self.hand_to = hand_to
         self.transport = transport
-        self.mark = f"{HANDED_OVER} ({uuid4().hex[:12]})"  # this launcher's runs, while PENDING
+        #: The PENDING message of the runs created to be handed over (`runbook serve`: its warm runs' own).
+        self.mark = mark or f"{HANDED_OVER} ({uuid4().hex[:12]})"
         self.timeout_seconds = timeout_seconds
         self.concurrency = concurrency
         self._deployment_id: UUID | None = None
@@ -345,9 +349,15 @@ class PrefectLauncher:
         return _launch_of(run, created=True)
 
     def _hand_over_if_ours(self, run: FlowRun) -> None:
-        """Hand `run` over when it waits PENDING with this launcher's mark (the warm runs ignore one they run)."""
+        """Hand `run` over when it waits PENDING with this launcher's mark (the warm runs ignore one they run).
+
+        Only while it is recent: one left longer is scheduled again by the warm runs' watcher (commands/warm.py,
+        after 30 s), and must not be started by both.
+        """
         state = run.state
-        if self.hand_to is not None and state is not None and state.is_pending() and state.message == self.mark:
+        if self.hand_to is None or state is None or not state.is_pending() or state.message != self.mark:
+            return
+        if (datetime.now(UTC) - state.timestamp).total_seconds() < HAND_OVER_SECONDS:
             self.hand_to(run)
 
     async def _resolve_deployment(self, client: PrefectClient) -> UUID:

@@ -29,10 +29,6 @@ def _kept() -> ReadyTarget | None:
         return ready_store.read(client, SERVICE, ENVIRONMENT)
 
 
-def _keep(ready: ReadyTarget) -> None:
-    ready_store.write(ready)
-
-
 @pytest.fixture(autouse=True)
 def _no_ready_target() -> None:
     """Each test starts without one (the Prefect server is the session's)."""
@@ -130,9 +126,9 @@ def test_a_ready_target_that_no_longer_holds_falls_back_to_the_full_path(sandbox
         sandbox.app.broken.add(_deploy_new_version(sandbox, "Another release that breaks"))
         sandbox.app.broken.discard(sandbox.commits.broken)
     elif stale == "too old":
-        _keep(replace(ready, prepared_at=ready.prepared_at - timedelta(hours=1)))
+        ready_store.write(replace(ready, prepared_at=ready.prepared_at - timedelta(hours=1)))
     else:
-        _keep(replace(ready, basis="0" * 32))
+        ready_store.write(replace(ready, basis="0" * 32))
     way_back = _full_path_choice(sandbox)[0] if stale == "a deploy since" else sandbox.commits.last_known_good
 
     state = run_rollback(sandbox)

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Pending, Running
 
-from commands.warm import WarmRuns
+from commands.warm import CLAIMED, WarmRuns
 from runbook.alerts.launcher import HANDED_OVER
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -68,7 +68,7 @@ def test_a_run_handed_to_two_claimants_runs_once() -> None:
         second.drain(timeout=0)
     assert EXECUTED.count("handed-twice") == 1
     pending = [message for kind, message in _history(run_id) if kind == "PENDING"]
-    assert pending == ["claimed by runbook serve (warm process)"]
+    assert len(pending) == 1 and pending[0] in (first.claimed_mark, second.claimed_mark)
 
 
 def test_the_watcher_claims_a_run_created_through_the_api() -> None:
@@ -124,4 +124,27 @@ def test_a_run_a_stopped_serve_left_pending_is_run_at_the_next_start() -> None:
         warm.drain(timeout=30)
     assert EXECUTED.count("orphan") == 1
     assert "someone-else" not in EXECUTED  # PENDING for another process: not this tool's to start
+    assert [kind for kind, _ in _history(foreign)] == ["PENDING"]
+
+
+def test_its_own_run_left_pending_by_a_lost_answer_is_run_while_serving() -> None:
+    """A claim (or a create) that reached the server but whose answer was lost leaves the run PENDING with this
+    process's mark: the watcher schedules it again and it runs, without waiting for serve to restart."""
+    deployment_id = _deployment()
+    warm = WarmRuns(warm_probe, deployment_id, poll_seconds=0.01, orphan_seconds=0)
+    warm.start()
+    time.sleep(0.5)  # past its start's look at any serve's runs: from now on, only its own
+    with get_client(sync_client=True) as client:
+        lost = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"label": "lost-claim"}, state=Pending(message=warm.claimed_mark)
+        ).id
+        foreign = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"label": "another-serve"}, state=Pending(message=f"{CLAIMED} (0123456789ab)")
+        ).id
+    try:
+        assert _wait_final(lost) == StateType.COMPLETED
+        time.sleep(0.5)  # more watcher rounds: the other serve's run stays its own
+    finally:
+        warm.drain(timeout=30)
+    assert EXECUTED.count("lost-claim") == 1 and "another-serve" not in EXECUTED
     assert [kind for kind, _ in _history(foreign)] == ["PENDING"]
