@@ -6,13 +6,16 @@ A served runner polls for scheduled runs (every second at best) and starts a new
 Prefect's own engine (`prefect.flow_engine.run_flow`: the same states, logs, task runs and artifacts as a run in
 its own process).
 
-How a run becomes this process's, and no one else's: every run is created SCHEDULED, as usual, and claimed by
-proposing PENDING. Prefect accepts that from one claimant only (PENDING after PENDING or RUNNING is refused), so
-a worker polling the same deployment, or another `serve`, can never run it too.
-- the alert endpoint hands the runs it creates to `take()` at once: claimed and started within milliseconds;
-- the runs a person creates (the UI, the API, `runbook rollback` against this server) are found by a watcher
-  that reads the rollback deployment's due runs every `poll_seconds` (0.25 s: a read, cheap even on SQLite).
-  A Retry from the UI makes the run SCHEDULED again (AwaitingRetry): it is claimed the same way.
+How a run becomes this process's, and no one else's:
+- the alert endpoint creates its runs PENDING with this process's mark (`handed_mark`: no runner or worker picks
+  up a PENDING run) and hands them to `run_owned()` at once;
+- the runs a person creates (the UI, the API, `runbook rollback` against this server) are SCHEDULED: a watcher
+  reads the rollback deployment's due runs every `poll_seconds` (0.25 s: a read, cheap even on SQLite) and
+  claims each by proposing PENDING (`claimed_mark`). Prefect accepts that from one claimant only (PENDING after
+  PENDING or RUNNING is refused), so a worker polling the same deployment, or another `serve`, never runs it
+  too. A Retry from the UI makes the run SCHEDULED again (AwaitingRetry): it is claimed the same way;
+- a run left PENDING and never started (its process stopped, or the answer to its claim or creation was lost)
+  is scheduled again after 30 s: at start, any serve's; while serving, this process's own (every 5 s).
 
 What a thread cannot give that a process did: a run cancelled from the UI is not killed mid-step (it ends at
 its next state change); a run in progress ends with the process (`serve` waits for the runs in progress on a
