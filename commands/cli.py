@@ -22,9 +22,13 @@ ConfigOption = Annotated[
 
 
 def prefect_defaults(home: Path | None = None) -> None:
-    """Prefect settings this project wants unless the user set them: no telemetry, state kept local."""
+    """Prefect settings this project wants unless the user set them: no telemetry, state kept local, and retries
+    enough to hear a busy API (SQLite's lock) soon (runbook/prefect_calls.py). Before Prefect is imported."""
+    from runbook.prefect_calls import BUSY_RETRIES  # imports no Prefect
+
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", str(BUSY_RETRIES))
     if home is not None:
         os.environ.setdefault("PREFECT_HOME", str(home))
 
