@@ -15,6 +15,7 @@ from github.Repository import Repository
 
 from runbook.config import GitHubSettings
 from runbook.errors import CommitNotFoundError, GitHubError
+from runbook.quarantine import StatusRecord
 
 # The methods GithubRetry may send again (urllib3's idempotent set: no POST, no PATCH).
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -289,3 +290,57 @@ def web_url(settings: GitHubSettings, repository: str) -> str:
     if base.endswith("/api/v3"):
         return f"{base.removesuffix('/api/v3')}/{repository}"
     return f"{base}/{repository}"
+
+
+# --- the quarantine of a version rolled back from (runbook/quarantine.py says what marks and lifts it) ---------
+
+
+@dataclass(frozen=True)
+class DeploymentStatuses:
+    """One deployment of a commit in an environment, with its statuses newest first."""
+
+    id: int
+    statuses: tuple[StatusRecord, ...]
+
+
+def deployments_of(repo: Repository, sha: str, environment: str) -> list[DeploymentStatuses]:
+    """The deployments of `sha` (full) in the environment, newest first, each with its statuses newest first."""
+    with github_errors(f"reading the deployments of {sha[:7]} in {environment}", repo.full_name):
+        found = []
+        for index, deployment in enumerate(repo.get_deployments(sha=sha, environment=environment)):
+            if index >= DEPLOYMENT_LIMIT:
+                break
+            if deployment.sha != sha:
+                continue
+            statuses = tuple(
+                StatusRecord(status.state, status.description or "", status.log_url or status.target_url or "")
+                for status in deployment.get_statuses()
+            )
+            found.append(DeploymentStatuses(int(deployment.id), statuses))
+        return found
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout this tool recorded: its deployment, its rollback id (the first run's flow run id), where it went."""
+
+    deployment_id: int
+    rollback_id: str
+    sha: str
+    log_url: str
+
+
+def rollout_from(repo: Repository, environment: str, from_sha: str) -> RolloutRecord | None:
+    """The newest rollout this tool recorded in the environment away from `from_sha`: the rollback that marked it."""
+    with github_errors(f"reading the rollbacks of {environment}", repo.full_name):
+        for index, deployment in enumerate(repo.get_deployments(task=ROLLOUT_TASK, environment=environment)):
+            if index >= DEPLOYMENT_LIMIT:
+                break
+            payload = deployment.payload if isinstance(deployment.payload, dict) else {}
+            if payload.get("tool") != TOOL or payload.get("from_sha") != from_sha or not payload.get("rollback_id"):
+                continue
+            log_url = next(
+                (s.log_url or s.target_url for s in deployment.get_statuses() if s.log_url or s.target_url), ""
+            )
+            return RolloutRecord(int(deployment.id), str(payload["rollback_id"]), deployment.sha, log_url or "")
+    return None

@@ -305,6 +305,7 @@ class GitHubStandIn(ThreadedHTTPServer):
         self._ids = itertools.count(1_000_001)
         self._down = False
         self._runs_unreadable = False
+        self._failing: int | None = None
         self.fail_dispatches: list[str] = []  # public: tests queue DISPATCH_FAULTS, one per dispatch, in order
         self.slow_answer_seconds = 3.0
         self.latency_seconds = 0.0  # public: every request waits this long before it is handled (benchmarks)
@@ -370,6 +371,11 @@ class GitHubStandIn(ThreadedHTTPServer):
         """How many requests waited `latency_seconds` (> 0) before they were handled."""
         with self._lock:
             return self._delayed
+
+    def set_failing(self, status: int | None) -> None:
+        """While set, every request gets this HTTP status (500: GitHub failing); None answers again."""
+        with self._lock:
+            self._failing = status
 
     def set_runs_unreadable(self, unreadable: bool) -> None:
         """While set, reading one workflow run (`GET .../actions/runs/{id}`) answers HTTP 500; runs go on."""
@@ -593,6 +599,8 @@ class GitHubStandIn(ThreadedHTTPServer):
         with self._lock:
             if self._down:
                 return 503, {"message": "Service Unavailable"}, {}
+            if self._failing is not None:
+                return self._failing, {"message": "Server Error"}, {}
             path = urlsplit(target).path
             if (
                 method == "POST"
