@@ -29,7 +29,7 @@ from prefect import get_run_logger
 from runbook import background, messages
 from runbook.journal import Journal, describe_error
 from runbook.slack import Deadline, Posted, SlackPoster
-from tasks.notify import notify_incident, notify_outcome, notify_rollback_started, notify_status
+from tasks.notify import notify_incident, notify_outcome, notify_reply, notify_rollback_started, notify_status
 
 _NOTHING = Posted(None, None, "nothing posted (dry run or notify off)")
 _TIME_UP = Posted(None, None, "given up: Slack had not taken it when the delivery time (slack.delivery_seconds) was up")
@@ -118,6 +118,8 @@ class _Lane:
             self._settle(letter, self._send(letter))
 
     def _send(self, letter: _Letter) -> Posted | None:
+        while not letter.root and not self._root.settled and not self._until.over:
+            self._root.wait(0.25)  # a root another lane delivers (an incident's thread): its outcome first
         if letter.update and not self._root.known.threaded:
             return None  # as before the lane: no root to update, nothing to say
         if self._until.over:
@@ -152,15 +154,27 @@ class Announcer:
     """The seed's communication (section 4) for one run; silent when `enabled` is false (dry run, drills).
 
     Its methods return at once (the lane delivers); `close` once, at the run's end, before the post-mortem.
+
+    `board`: the run is one service of an incident (flows/incident.py): the thread is the incident's. Its root
+    (posted by the board when a first service announces) carries this service's status; the seed's messages are
+    replies in it, each naming the service, none broadcast (the incident's end is).
     """
 
-    def __init__(self, slack: SlackPoster, record: Journal, ctx: messages.IncidentContext, enabled: bool) -> None:
+    def __init__(
+        self,
+        slack: SlackPoster,
+        record: Journal,
+        ctx: messages.IncidentContext,
+        enabled: bool,
+        board: Board | None = None,
+    ) -> None:
         self._slack = slack
         self._record = record
         self._ctx = ctx
         self._enabled = enabled
-        self._root = Root()
-        if not enabled:
+        self._board = board
+        self._root = board.thread if board is not None else Root()
+        if not enabled and board is None:
             self._root.settle(_NOTHING)
         self._lane: _Lane | None = None  # started with the first message
         self._announced = False
@@ -180,7 +194,10 @@ class Announcer:
         """Seed message 1: the thread's root; once per run, later calls do nothing."""
         if self._enabled and not self._announced:
             self._announced = True
-            text = messages.incident_message(self._ctx)
+            if self._board is not None:  # the incident's root, once for all its services
+                self._board.incident()
+                return
+            text = self._root_text(None)
             self._ask(
                 _Letter(
                     "the incident message",
@@ -194,23 +211,23 @@ class Announcer:
         """Seed message 2, and the root's status: rolling back to SHA."""
         if self._enabled:
             self._status(messages.status_rolling_back(self._ctx, sha), "rolling back")
-            text = messages.rollback_started_message(self._ctx, sha, compare_url)
+            text = self._named(messages.rollback_started_message(self._ctx, sha, compare_url))
             self._reply("the rollback start", "rollback start posted", text, notify_rollback_started)
 
     def recovered(self, sha: str, digest: str, seconds: float, deploy_url: str | None) -> None:
         """Seed message 3, broadcast, and the root's status: recovered in N s."""
         if self._enabled:
             self._status(messages.status_recovered(self._ctx, sha, seconds), "recovered")
-            text = messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url)
-            self._reply("the end message", "end posted (broadcast)", text, notify_outcome)
+            text = self._named(messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url))
+            self._reply("the end message", self._end_done("end posted"), text, self._outcome_task)
 
     def failed(self, step: str, reason: str) -> None:
         """The escalation, broadcast, and the root's status: failed at step X (the incident told first if need be)."""
         if self._enabled:
             self.incident()
             self._status(messages.status_failed(self._ctx, step), "failed")
-            text = messages.failure_message(self._ctx, step, reason)
-            self._reply("the escalation", "escalation posted (broadcast)", text, notify_outcome)
+            text = self._named(messages.failure_message(self._ctx, step, reason))
+            self._reply("the escalation", self._end_done("escalation posted"), text, self._outcome_task)
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for everything asked for to be delivered, at most `timeout` s (default `slack.delivery_seconds`).
@@ -222,10 +239,28 @@ class Announcer:
         self._closed = True
         if self._lane is not None:
             self._lane.close(self._slack.settings.delivery_seconds if timeout is None else timeout)
-        self._root.settle(_TIME_UP if self._announced else _NOTHING)
+        if self._board is None:  # an incident's root is the board's to settle
+            self._root.settle(_TIME_UP if self._announced else _NOTHING)
+
+    @property
+    def _outcome_task(self) -> Callable[..., Posted]:
+        return notify_reply if self._board is not None else notify_outcome
+
+    def _end_done(self, done: str) -> str:
+        return done if self._board is not None else f"{done} (broadcast)"
+
+    def _named(self, text: str) -> str:
+        """In an incident's thread, each message says which service it is about."""
+        return messages.member_message(self._ctx, text) if self._board is not None else text
+
+    def _root_text(self, status: str | None) -> str:
+        return messages.incident_message(self._ctx, status)
 
     def _status(self, status: str, label: str) -> None:
-        text = messages.incident_message(self._ctx, status)
+        if self._board is not None:
+            self._board.member_status(f"{self._ctx.service}/{self._ctx.environment}", status, label)
+            return
+        text = self._root_text(status)
         self._reply(f"the root's status ({label})", f"root status: {label}", text, notify_status, update=True)
 
     def _reply(self, name: str, done: str, text: str, task: Callable[..., Posted], update: bool = False) -> None:
@@ -239,3 +274,74 @@ class Announcer:
         if self._lane is None:
             self._lane = _Lane(self._record, self._root)
         self._lane.add(letter)
+
+
+class Board(Announcer):
+    """An incident's Slack thread (flows/incident.py): one root for all its services, each one's status in it.
+
+    The root is posted when the first service announces (a service held by an earlier automatic rollback, or
+    refused on its input, posts nothing: an incident where none goes on posts nothing either); each service's
+    status change rewrites it (`member_status`); `end` replies with the incident's outcome, broadcast.
+    """
+
+    def __init__(
+        self,
+        slack: SlackPoster,
+        record: Journal,
+        ctx: messages.IncidentContext,
+        services: list[str],
+        enabled: bool,
+    ) -> None:
+        super().__init__(slack, record, ctx, enabled)
+        self._statuses: dict[str, str] = {key: messages.status_investigating(ctx) for key in services}
+        self._first_text = ""  # the root as first posted: the same in every attempt (one thread when retried)
+        self._asking = threading.Lock()  # a status and the text it rewrites the root with, in one order
+        # Started here, in the incident's own thread: its letters are task runs of the incident's run (whose Retry
+        # finds the root it posted), not of the service that happens to announce first.
+        self._lane = _Lane(record, self._root)
+
+    def _root_text(self, status: str | None) -> str:
+        if not self._first_text:  # the root itself: every service investigating, whatever is known already
+            self._first_text = messages.board_message(self._ctx, dict.fromkeys(self._statuses, self._investigating))
+            return self._first_text
+        return messages.board_message(self._ctx, self._statuses, status)
+
+    @property
+    def _investigating(self) -> str:
+        return messages.status_investigating(self._ctx)
+
+    @property
+    def language(self) -> messages.Language:
+        return self._ctx.language
+
+    def member_status(self, key: str, status: str, label: str) -> None:
+        """A service's (`service/environment`) status changed: the root is rewritten with every service's."""
+        with self._asking:
+            self._statuses[key] = status
+            if self._announced:  # before the root is asked for, its text will carry this status
+                text = self._root_text(None)
+                self._reply(
+                    f"the root's status ({key}: {label})",
+                    f"root status: {key} {label}",
+                    text,
+                    notify_status,
+                    update=True,
+                )
+
+    def incident(self) -> None:
+        with self._asking:
+            if self._announced:
+                return
+            super().incident()
+            if any(status != self._investigating for status in self._statuses.values()):
+                text = self._root_text(None)  # what is known already (waiting, recovered by an earlier attempt)
+                self._reply("the root's status", "root status", text, notify_status, update=True)
+
+    def end(self, text: str, status: str) -> None:
+        """The incident's outcome: the root's overall status, and a reply broadcast to the channel."""
+        if self._enabled and self._announced:
+            with self._asking:
+                self._reply(
+                    "the root's status (end)", "root status: end", self._root_text(status), notify_status, update=True
+                )
+            self._reply("the incident's end", "incident end posted (broadcast)", text, notify_outcome)

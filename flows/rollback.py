@@ -22,7 +22,8 @@ from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
 from flows._hold import deploy_starting, hold_alert, hold_period, previous_rollback
-from flows._slack import Announcer
+from flows._member import current_member
+from flows._slack import Announcer, Board
 from flows.trigger import current_alert, current_trigger
 from runbook import background, messages
 from runbook.approval import wait_for_approval
@@ -113,10 +114,11 @@ def rollback(
         detected_at=alert.starts_at if alert else now,
         started_at=now,
         dry_run=dry_run,
-        run_url=_run_url(),
+        run_url=run_page_url(),
         alert=alert,
         attempt=flow_run.run_count or 1,
     )
+    board = _incident_board(journal)  # one service of an incident: its thread is the incident's
     try:  # the format needs no I/O: a malformed SHA is refused before the slot, Slack or GitHub
         sha = normalize_sha(sha) if sha and sha.strip() else None
     except InvalidShaError as exc:
@@ -153,7 +155,7 @@ def rollback(
             alert=journal.alert_line(),
             previous=previous_rollback(period, scope.slack.language, journal),
         )
-        slack = Announcer(clients.slack, journal, ctx, enabled=posts)
+        slack = Announcer(clients.slack, journal, ctx, enabled=posts, board=board)
         return _run(_Rollback(scope, clients, journal, slack, options, lookups))
 
 
@@ -515,6 +517,15 @@ def _rollout_id(opening: PrefectFuture[int | None] | None, journal: Journal) -> 
     return outcome
 
 
+def _incident_board(journal: Journal) -> Board | None:
+    """When this run is one service of an incident: its journal goes to the incident's record; its thread."""
+    member = current_member()
+    if member is None:
+        return None
+    member.journal = journal
+    return member.board
+
+
 def _refused(journal: Journal, exc: RunbookError) -> None:
     """A run refused on its parameters before it began: the post-mortem says why; nothing was posted or changed."""
     journal.fail("resolve-sha", describe_error(exc))
@@ -522,6 +533,6 @@ def _refused(journal: Journal, exc: RunbookError) -> None:
     write_postmortem(journal)
 
 
-def _run_url() -> str | None:
+def run_page_url() -> str | None:
     """The run's page in the Prefect UI; None when PREFECT_UI_URL is not set."""
     return url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None

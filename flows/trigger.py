@@ -46,7 +46,15 @@ def derive_trigger(*, drill: bool, alert: bool, scheduled: bool) -> Trigger:
 
 
 def current_alert() -> AlertContext | None:
-    """The alert the run in progress carries in its context, if any (ConfigError when malformed)."""
+    """The alert the run in progress carries in its context, if any (ConfigError when malformed).
+
+    A rollback that is one service of an incident: the alert its incident received for that service.
+    """
+    from flows._member import current_member
+
+    member = current_member()
+    if member is not None:
+        return member.alert
     context = FlowRunContext.get()
     run = context.flow_run if context else None
     return from_run_context(run.context) if run is not None else None

@@ -57,6 +57,24 @@ def _named(value: dict[str, _T], kind: str) -> dict[str, _T]:
     return value
 
 
+def _ordering(services: dict[str, ServiceSettings]) -> None:
+    """Every `roll_back_after` names another configured service, without a cycle; else a ValueError."""
+    for name, service in services.items():
+        for before in service.roll_back_after:
+            if before not in services or before == name:
+                raise ValueError(f"{name}.roll_back_after: {before!r} is not another configured service")
+    for name in services:
+        seen: list[str] = [name]
+        waiting = list(services[name].roll_back_after)
+        while waiting:
+            before = waiting.pop()
+            if before == name:
+                raise ValueError(f"{name}.roll_back_after: a cycle ({' -> '.join([*seen, name])})")
+            if before not in seen:
+                seen.append(before)
+                waiting.extend(services[before].roll_back_after)
+
+
 _TAG_FIELDS = {"sha", "short_sha"}
 _REGISTRY_HOST = re.compile(r"([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
@@ -221,6 +239,11 @@ class ServiceSettings(_Model):
         default=None, description="e.g. linux/amd64: a multi-platform image (index) must include it"
     )
     slack: SlackRoute = Field(default_factory=SlackRoute)
+    roll_back_after: list[str] = Field(
+        default_factory=list,
+        description="in an incident of several services, the services that must be rolled back (and healthy) "
+        "before this one, e.g. [api] for a web front end; one that did not recover leaves this one as it is",
+    )
     environments: dict[str, EnvironmentSettings] = Field(min_length=1)
 
     @field_validator("repository")
@@ -313,6 +336,7 @@ class RunbookConfig(_Model):
     @field_validator("services")
     @classmethod
     def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        _ordering(value)
         return _named(value, "service")
 
     def service(self, name: str) -> ServiceSettings:

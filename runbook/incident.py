@@ -56,3 +56,25 @@ def from_run_context(context: Mapping[str, Any] | None) -> AlertContext | None:
             f"the run's alert context is malformed ({problems})",
             hint="only the alert endpoint sets it; start a rollback by hand with the service and environment instead",
         ) from None
+
+
+#: The key of an incident run's context under which the alert endpoint puts each service's alert.
+MEMBER_ALERTS_KEY = "runbook_member_alerts"
+
+
+def member_alerts_to_run_context(alerts: Mapping[str, AlertContext]) -> dict[str, Any]:
+    """What the alert endpoint adds to an incident run's context: `service/environment` -> that service's alert."""
+    return {MEMBER_ALERTS_KEY: {key: alert.model_dump(mode="json") for key, alert in alerts.items()}}
+
+
+def member_alerts_from_run_context(context: Mapping[str, Any] | None) -> dict[str, AlertContext]:
+    """Each service's alert an incident run carries (`service/environment` -> alert); ConfigError when malformed."""
+    data = (context or {}).get(MEMBER_ALERTS_KEY) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("the run's alert context is malformed (member alerts: not a mapping)")
+    alerts = {}
+    for key, value in data.items():
+        alert = from_run_context({CONTEXT_KEY: value})
+        if alert is not None:
+            alerts[str(key)] = alert
+    return alerts

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from runbook.journal import Journal
@@ -188,3 +189,117 @@ def timings_table(record: Journal) -> list[dict[str, str | float]]:
         }
         for s in record.steps
     ]
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """One service of an incident, for its post-mortem: how it ended, and its own run's journal when it ran.
+
+    `outcome`: recovered, failed, skipped (one it waited for did not recover), not-run (held, or another run
+    was rolling it back), recovered-earlier (by an earlier attempt of the incident, in `run`).
+    """
+
+    key: str
+    outcome: str
+    why: str = ""
+    journal: Journal | None = None
+    run: str | None = None  # the run that rolled it back, when not this attempt's (a link or an id)
+
+    @property
+    def recovered(self) -> bool:
+        return self.outcome in ("recovered", "recovered-earlier")
+
+
+def incident_artifact_key(keys: Sequence[str]) -> str:
+    """The incident post-mortem's artifact key, from its services (`incident-api-web-production`)."""
+    raw = "incident-" + "-".join(key.replace("/", "-") for key in keys)
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in raw.lower())
+    return cleaned[:120].rstrip("-")
+
+
+def incident_time_to_recovery(record: Journal, rows: Sequence[ServiceRow]) -> float | None:
+    """Seconds from the incident's detection to its last service healthy; None unless every service recovered."""
+    if not rows or not all(row.recovered for row in rows):
+        return None
+    healthy = [row.journal.healthy_at for row in rows if row.journal is not None and row.journal.healthy_at]
+    if not healthy:
+        return None
+    return (max(healthy) - record.detected_at).total_seconds()
+
+
+def incident_table(rows: Sequence[ServiceRow]) -> list[dict[str, str | float | None]]:
+    """One row per service (from, to, digest, time to recovery, outcome), for Prefect's table artifact."""
+    table: list[dict[str, str | float | None]] = []
+    for row in rows:
+        journal = row.journal
+        ttr = journal.time_to_recovery if journal else None
+        table.append(
+            {
+                "service": row.key,
+                "outcome": row.outcome,
+                "from": journal.from_sha[:12] if journal and journal.from_sha else None,
+                "to": journal.to_sha[:12] if journal and journal.to_sha else None,
+                "digest": journal.digest if journal else None,
+                "time_to_recovery_s": round(ttr, 2) if ttr is not None else None,
+                "why": row.why or None,
+                "run": row.run or (journal.run_url if journal else None),
+            }
+        )
+    return table
+
+
+def render_incident(record: Journal, rows: Sequence[ServiceRow]) -> str:
+    """An incident's post-mortem: a row per service, the overall time to recovery, the timelines merged."""
+    ttr = incident_time_to_recovery(record, rows)
+    failed = [row for row in rows if not row.recovered]
+    outcome = "Recovered" if not failed else f"FAILED: {', '.join(row.key for row in failed)} not recovered"
+    lines = [
+        f"# Incident: {len(rows)} services: {outcome}",
+        "",
+        "## Summary",
+        f"- **Outcome:** {outcome}",
+        f"- **Time to recovery:** {f'{ttr:.1f} s (the last service healthy)' if ttr is not None else 'not recovered'}",
+        f"- **Trigger:** {record.trigger}",
+        f"- **Reason given:** {record.reason or '-'}",
+        f"- **Incident:** {record.incident or '-'}",
+    ]
+    if record.attempt > 1:
+        lines.append(
+            f"- **Attempt:** {record.attempt} (services recovered by an earlier attempt were left as they are)"
+        )
+    lines += _alert(record)
+    lines += ["", "## Services", "| service | outcome | from | to | digest | time to recovery | detail |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for item in incident_table(rows):
+        ttr_cell = f"{item['time_to_recovery_s']} s" if item["time_to_recovery_s"] is not None else "-"
+        cells = [f"`{item['service']}`", str(item["outcome"]), _sha(_text(item["from"])), _sha(_text(item["to"]))]
+        cells += [_sha(_text(item["digest"])), ttr_cell, _link_cell(item)]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    lines += ["", "## Timeline (every service)", *_bullets(f"{_ts(at)} {event}" for at, event in _merged(record, rows))]
+    lines += _warnings(record) + _links(record) + _checklist(record)
+    return "\n".join(lines) + "\n"
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _link_cell(item: Mapping[str, object]) -> str:
+    why = str(item["why"] or "")
+    run = item["run"]
+    return f"{why} ({run})" if run and why else str(run or why or "-")
+
+
+def _merged(record: Journal, rows: Sequence[ServiceRow]) -> list[tuple[datetime, str]]:
+    """The incident's own events and each service's, named, in time order (stable for the same instant)."""
+    events = [(record.detected_at, "incident detected"), (record.started_at, "incident run started"), *record.timeline]
+    for row in rows:
+        journal = row.journal
+        if journal is None:
+            continue
+        events += [(at, f"`{row.key}` {event}") for at, event in journal.timeline]
+        if journal.healthy_at:
+            events.append((journal.healthy_at, f"**`{row.key}` healthy again**"))
+    if record.ended_at:
+        events.append((record.ended_at, "incident run ended"))
+    return sorted(events, key=lambda item: item[0])

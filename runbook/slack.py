@@ -226,6 +226,7 @@ class SlackPoster:
             return _posted(_persisting(lambda: self._via_webhook(text), until, "the message"))
         kwargs: dict[str, Any] = {"channel": channel or self.channel, "text": text, "unfurl_links": False}
         if thread is not None and thread.threaded:
+            kwargs["channel"] = channel or str(thread.channel)  # a reply goes where its root is (an incident's)
             kwargs["thread_ts"] = thread.ts
             kwargs["reply_broadcast"] = broadcast
         call = lambda: _attempt(lambda: self._client.chat_postMessage(**kwargs), "the message")  # noqa: E731

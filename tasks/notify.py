@@ -20,6 +20,7 @@ __all__ = [
     "notify_channel",
     "notify_incident",
     "notify_outcome",
+    "notify_reply",
     "notify_rollback_started",
     "notify_status",
     "notify_thread",
@@ -55,6 +56,12 @@ def notify_rollback_started(slack: SlackPoster, root: Posted, text: str, until: 
 def notify_outcome(slack: SlackPoster, root: Posted, text: str, until: Deadline | None = None) -> Posted:
     """Seed message 3 (or the escalation), in the thread and broadcast to the channel."""
     return _logged(slack.post(text, root, broadcast=True, until=until), text)
+
+
+@task(name="notify-reply", cache_policy=NO_CACHE)
+def notify_reply(slack: SlackPoster, root: Posted, text: str, until: Deadline | None = None) -> Posted:
+    """A reply in the thread, not broadcast (a service's outcome in an incident's thread: the incident's end is)."""
+    return _logged(slack.post(text, root, until=until), text)
 
 
 @task(name="notify-thread", cache_policy=NO_CACHE)

@@ -6,7 +6,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from runbook.journal import Journal
-from runbook.postmortem import artifact_key, render_markdown, timings_table
+from runbook.postmortem import (
+    ServiceRow,
+    artifact_key,
+    incident_artifact_key,
+    incident_table,
+    render_incident,
+    render_markdown,
+    timings_table,
+)
 from tasks.policy import NO_CACHE
 
 
@@ -18,4 +26,15 @@ def write_postmortem(record: Journal) -> str:
     create_markdown_artifact(markdown=markdown, key=key, description=f"Post-mortem: {record.outcome}")
     create_table_artifact(table=timings_table(record), key=f"{key}-timings", description="Step timings")
     get_run_logger().info("post-mortem written: artifacts %s and %s-timings", key, key)
+    return markdown
+
+
+@task(name="write-incident-postmortem", cache_policy=NO_CACHE)
+def write_incident_postmortem(record: Journal, rows: list[ServiceRow]) -> str:
+    """Publish an incident's post-mortem (Markdown) and its services (table, a row each) as Prefect artifacts."""
+    key = incident_artifact_key([row.key for row in rows])
+    markdown = render_incident(record, rows)
+    create_markdown_artifact(markdown=markdown, key=key, description=f"Incident post-mortem: {record.outcome}")
+    create_table_artifact(table=incident_table(rows), key=f"{key}-services", description="Services of the incident")
+    get_run_logger().info("incident post-mortem written: artifacts %s and %s-services", key, key)
     return markdown

@@ -140,6 +140,24 @@ def previous_rollback_line(language: Language, sha: str, at: datetime, run_url: 
     return f"{line} ({run_url})" if run_url else line
 
 
+def quarantine_lifted_message(
+    language: Language,
+    service: str,
+    environment: str,
+    sha: str,
+    reason: str,
+    run_url: str | None = None,
+    rollback_url: str | None = None,
+) -> str:
+    """A person lifted the quarantine of a version rolled back from: it may be deployed again (why, which run)."""
+    return _lines(
+        text("quarantine_lifted", language, short=sha[:7], service=service, environment=environment),
+        text("reason", language, reason=reason) if reason else None,
+        text("quarantine_rollback_link", language, url=rollback_url) if rollback_url else None,
+        text("run_link", language, url=run_url) if run_url else None,
+    )
+
+
 def rehearsal_summary(
     language: Language, mode: str, service: str, environment: str, ready: bool, failed: Iterable[tuple[str, str]]
 ) -> str:
@@ -149,3 +167,70 @@ def rehearsal_summary(
         return text("rehearsal_ready", language, **where)
     lines = [text("rehearsal_failed_check", language, check=check, detail=detail) for check, detail in failed]
     return text("rehearsal_not_ready", language, **where) + "\n" + "\n".join(lines)
+
+
+def status_investigating(ctx: IncidentContext) -> str:
+    """A service's status before anything is known."""
+    return text("status_investigating", ctx.language)
+
+
+def member_message(ctx: IncidentContext, message: str) -> str:
+    """A service's message in an incident's thread: the seed's text as it is, after the service's name."""
+    return text("member_prefix", ctx.language, service=ctx.service, environment=ctx.environment) + " " + message
+
+
+def board_message(ctx: IncidentContext, statuses: Mapping[str, str], status: str | None = None) -> str:
+    """An incident's root: seed message 1, then every service with its status (`service/environment` -> status).
+
+    `ctx.service`/`ctx.environment` name the incident's services as a whole; `status`, the incident's overall
+    status once it is over.
+    """
+    lang = ctx.language
+    return _lines(
+        (" ".join(ctx.mentions) + " " if ctx.mentions else "") + text("incident", lang),
+        text("incident_services", lang, count=len(statuses)),
+        *(text("member_line", lang, name=key, status=line) for key, line in statuses.items()),
+        text("reason", lang, reason=ctx.reason) if ctx.reason else None,
+        text("incident_ref", lang, incident=ctx.incident) if ctx.incident else None,
+        text("alert_ref", lang, alert=ctx.alert) if ctx.alert else None,
+        text("run_link", lang, url=ctx.run_url) if ctx.run_url else None,
+        status,
+    )
+
+
+def incident_recovered(language: Language, count: int, seconds: float) -> tuple[str, str]:
+    """An incident's end when every service recovered: (the root's status, the broadcast reply)."""
+    figures = {"count": count, "seconds": f"{seconds:.1f}"}
+    return text("status_incident_recovered", language, **figures), text("incident_recovered", language, **figures)
+
+
+def incident_failed(
+    language: Language, count: int, failed: Mapping[str, str], mentions: Iterable[str] = ()
+) -> tuple[str, str]:
+    """An incident's end when some services did not recover (key -> why): (the root's status, the escalation)."""
+    names = ", ".join(f"`{key}`" for key in failed)
+    lines = "\n".join(text("incident_failed_line", language, name=key, why=why) for key, why in failed.items())
+    status = text("status_incident_failed", language, failed=len(failed), count=count, names=names)
+    called = " ".join(mentions)
+    reply = text("incident_failed", language, failed=len(failed), count=count, lines=lines)
+    return status, (f"{called} {reply}" if called else reply)
+
+
+def status_waiting(language: Language, first: str) -> str:
+    """A service's status in an incident's root while it waits for the services that go back before it."""
+    return text("status_waiting", language, first=first)
+
+
+def status_skipped(language: Language, first: str) -> str:
+    """A service's status when one that had to go back before it did not recover: it is left as it is."""
+    return text("status_skipped", language, first=first)
+
+
+def status_not_run(language: Language, why: str) -> str:
+    """A service's status when its rollback run ended without rolling back (held, one already in progress)."""
+    return text("status_not_run", language, why=why)
+
+
+def status_recovered_earlier(language: Language, run: str) -> str:
+    """A service's status in a retried incident's root when an earlier attempt rolled it back (run `run`)."""
+    return text("status_recovered_earlier", language, run=run)

@@ -44,9 +44,29 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
         "action.smoke-checks": "the service answers but key features fail: check by hand and escalate.",
         "action.approval": "nothing was deployed: run the rollback again, or choose another SHA.",
         "action.generic": "open the Prefect run for details and follow the manual procedure.",
+        # A version rolled back from is quarantined until a person lifts it (`runbook release`, flows/release.py).
+        "quarantine_lifted": ":unlock: Quarantine lifted: version `{short}` of `{service}` may be deployed to "
+        "`{environment}` again. It becomes a last known good version again only once deployed and healthy.",
+        "quarantine_rollback_link": "Rolled back by: {url}",
         # The rehearsal's report in Slack (flows/rehearsal.py); its check names and details stay as the report has them.
         "rehearsal_ready": "Rollback rehearsal ({mode}) of `{service}` in `{environment}`: ready.",
         "rehearsal_not_ready": "Rollback rehearsal ({mode}) of `{service}` in `{environment}`: NOT READY.",
         "rehearsal_failed_check": "- {check}: {detail}",
+        # An incident of several services (flows/incident.py): one thread, each service's status in its root.
+        "incident_services": "Services ({count}):",
+        "member_line": "• `{name}` — {status}",
+        "member_prefix": "*{service}* ({environment}) ·",
+        "status_waiting": "*Status:* waiting for the rollback of {first}",
+        "status_skipped": ":double_vertical_bar: *Status:* not rolled back: {first} had to go back first "
+        "and did not recover",
+        "status_not_run": ":double_vertical_bar: *Status:* not rolled back by this incident: {why}",
+        "status_recovered_earlier": ":white_check_mark: *Status:* recovered by an earlier attempt ({run})",
+        "status_incident_recovered": ":white_check_mark: *Status:* {count} services recovered in {seconds} s",
+        "status_incident_failed": ":x: *Status:* {failed} of {count} service(s) not recovered: {names}",
+        "incident_recovered": "Incident over: all {count} services are operational again "
+        "(time to recovery {seconds} s, the last service healthy). A post-mortem analysis will follow.",
+        "incident_failed": ":rotating_light: Incident: {failed} of {count} service(s) not recovered.\n{lines}\n"
+        "Action needed: follow each service named here in its Prefect run; the others recovered.",
+        "incident_failed_line": "- `{name}`: {why}",
     }
 )

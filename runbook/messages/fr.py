@@ -49,9 +49,30 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
         "vérifier à la main et escalader.",
         "action.approval": "rien n'a été déployé : relancer le rollback, ou choisir un autre SHA.",
         "action.generic": "consulter le run Prefect pour le détail et suivre la procédure manuelle.",
+        # A version rolled back from is quarantined until a person lifts it (`runbook release`, flows/release.py).
+        "quarantine_lifted": ":unlock: Quarantaine levée : la version `{short}` de `{service}` peut de nouveau être "
+        "déployée en `{environment}`. Elle ne redeviendra une version stable de référence "
+        "qu'une fois déployée et saine.",
+        "quarantine_rollback_link": "Rollback qui l'avait écartée : {url}",
         # The rehearsal's report in Slack (flows/rehearsal.py); its check names and details stay as the report has them.
         "rehearsal_ready": "Répétition du rollback ({mode}) de `{service}` en `{environment}` : prêt.",
         "rehearsal_not_ready": "Répétition du rollback ({mode}) de `{service}` en `{environment}` : PAS PRÊT.",
         "rehearsal_failed_check": "- {check} : {detail}",
+        # An incident of several services (flows/incident.py): one thread, each service's status in its root.
+        "incident_services": "Services concernés ({count}) :",
+        "member_line": "• `{name}` — {status}",
+        "member_prefix": "*{service}* ({environment}) ·",
+        "status_waiting": "*Statut :* attend le rollback de {first}",
+        "status_skipped": ":double_vertical_bar: *Statut :* pas de rollback : {first} devait revenir avant "
+        "et n'est pas rétabli",
+        "status_not_run": ":double_vertical_bar: *Statut :* pas de rollback par cet incident : {why}",
+        "status_recovered_earlier": ":white_check_mark: *Statut :* rétabli par une tentative précédente ({run})",
+        "status_incident_recovered": ":white_check_mark: *Statut :* {count} services rétablis en {seconds} s",
+        "status_incident_failed": ":x: *Statut :* {failed} service(s) sur {count} non rétabli(s) : {names}",
+        "incident_recovered": "Incident terminé : les {count} services sont de nouveau opérationnels "
+        "(temps de rétablissement {seconds} s, dernier service sain). Une analyse post-mortem sera effectuée.",
+        "incident_failed": ":rotating_light: Incident : {failed} service(s) sur {count} non rétabli(s).\n{lines}\n"
+        "Action requise : suivre chaque service nommé dans son run Prefect ; les autres sont rétablis.",
+        "incident_failed_line": "- `{name}` : {why}",
     }
 )

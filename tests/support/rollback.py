@@ -25,12 +25,13 @@ def run_rollback(sandbox: Sandbox, config: Path | None = None, **parameters: Any
 
 
 def artifacts(flow_run_id: UUID) -> dict[str | None, Any]:
-    """The artifacts of a flow run, by key (None for those without one)."""
+    """The artifacts of a flow run, by key (None for those without one), each key's newest version."""
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    return {a.key: a for a in found}
+    # Oldest first: a key written again (by a Retry) maps to its newest version.
+    return {a.key: a for a in sorted(found, key=lambda a: a.created or 0)}
 
 
 def postmortem_of(state: Any) -> str:
