@@ -489,7 +489,12 @@ class _Rollback:
         if rolled_back_from and (not result.skipped or unfinished) and journal.trigger != "drill":
             # The version rolled back from must never be chosen as a last known good (drills roll back healthy ones).
             mark_rolled_back(
-                repo, request.environment, rolled_back_from, journal.reason, resolution.running_deployment_id
+                repo,
+                request.environment,
+                rolled_back_from,
+                journal.reason,
+                resolution.running_deployment_id,
+                journal.run_url,
             )
         if not result.skipped:
             cleanup = finish_deploy(self.clients.target, result)

@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 from github import Auth, Github, GithubException, GithubRetry, UnknownObjectException
+from github.GithubObject import NotSet
 from github.Repository import Repository
 
 from runbook.config import GitHubSettings
@@ -165,27 +166,33 @@ def healthy_shas(repo: Repository, environment: str) -> set[str]:
 
 
 def mark_rolled_back(
-    repo: Repository, environment: str, sha: str, description: str, deployment_id: int | None = None
+    repo: Repository,
+    environment: str,
+    sha: str,
+    description: str,
+    deployment_id: int | None = None,
+    log_url: str | None = None,
 ) -> int | None:
     """Add a `failure` status to the deployment of the version rolled back from; its id, or None.
 
     That deployment is `deployment_id` when the running version was read from GitHub Deployments (the very
     deployment found running), else the newest deployment of `sha` in the environment. A deployment of any
-    other commit is never marked.
+    other commit is never marked. `log_url`: the rollback's run (the quarantine guard links it).
     """
+    link: Any = log_url or NotSet  # the status's log URL (PyGithub names it target_url)
     with github_errors(f"marking {sha[:7]} as rolled back", repo.full_name):
         if deployment_id is not None:
             found = repo.get_deployment(deployment_id)
             if found.sha != sha or found.environment != environment:
                 return None
-            found.create_status("failure", description=description[:140])
+            found.create_status("failure", description=description[:140], target_url=link)
             return int(found.id)
         for index, deployment in enumerate(repo.get_deployments(sha=sha, environment=environment)):
             if index >= DEPLOYMENT_LIMIT:
                 break
             if deployment.sha != sha:
                 continue
-            deployment.create_status("failure", description=description[:140])
+            deployment.create_status("failure", description=description[:140], target_url=link)
             return int(deployment.id)
     return None
 

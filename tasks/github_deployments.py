@@ -80,7 +80,12 @@ def close_rollout(repo: Repository, deployment_id: int, state: str, description:
 
 @task(name="mark-rolled-back", cache_policy=NO_CACHE)
 def mark_rolled_back(
-    repo: Repository, environment: str, sha: str, reason: str, deployment_id: int | None = None
+    repo: Repository,
+    environment: str,
+    sha: str,
+    reason: str,
+    deployment_id: int | None = None,
+    run_url: str | None = None,
 ) -> bool:
     """Mark the version rolled back from as bad in GitHub Deployments, so it is never a last known good.
 
@@ -89,7 +94,7 @@ def mark_rolled_back(
     """
     description = f"rolled back by rollback-runbook: {reason or 'unhealthy'}"
     try:
-        deployment_id = repo_api.mark_rolled_back(repo, environment, sha, description, deployment_id)
+        deployment_id = repo_api.mark_rolled_back(repo, environment, sha, description, deployment_id, run_url)
     except RunbookError as exc:
         get_run_logger().warning("could not mark %s as rolled back in GitHub: %s", sha[:7], exc)
         return False

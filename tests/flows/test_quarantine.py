@@ -146,6 +146,7 @@ def test_a_rollback_quarantines_until_a_person_releases_it(sandbox: Sandbox) -> 
     lift = quarantine.lift_command(broken, SERVICE, ENVIRONMENT)
     assert f"{broken} is quarantined in {ENVIRONMENT}" in refused.error
     assert "rolled back by rollback-runbook: 5xx spike" in refused.error and lift in refused.error
+    assert str(state.state_details.flow_run_id) in refused.error  # the rollback's run, linked by its status
     assert "Quarantined version" in refused.summary and lift in refused.summary
     assert guard(api, token, good).returncode == 0  # the version rolled back to deploys
 
