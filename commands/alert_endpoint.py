@@ -7,7 +7,9 @@
 The routes are those of `runbook.alerts.source.SOURCES`. A POST goes: the source's credentials (a bearer token,
 constant-time compare) -> body size -> JSON -> the source's payload model -> one `Alert` per entry -> `decide()`
 (pure: resolved, not eligible, unknown service or environment are ignored) -> one `RunLauncher.launch()` per
-(service, environment) in the payload -> one decision per alert in the answer. (A source that signs its body is
+(service, environment) in the payload, or, when the payload (one alert group) names several services and an
+incident launcher is given, one `IncidentStarter.launch_incident()` for them all (flows/incident.py: one
+incident, one Slack thread) -> one decision per alert in the answer. (A source that signs its body is
 authenticated once the body is read.)
 
 Status codes: 401 no or wrong token, 413 body too large (`alerts.max_body_bytes`, 16 MiB: about 14,000 alerts
@@ -32,7 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, SecretStr
 
 from runbook.alerts.decision import RollbackDecision, alert_settings, decide
-from runbook.alerts.launcher import Launch, RollbackRequest, RunLauncher
+from runbook.alerts.launcher import IncidentRequest, IncidentStarter, Launch, RollbackRequest, RunLauncher
 from runbook.alerts.model import Alert
 from runbook.alerts.source import SOURCES, AlertSource
 from runbook.alerts.wire import PayloadError, Unauthorized
@@ -100,10 +102,12 @@ def create_app(
     *,
     token: str | SecretStr | None = None,
     body_seconds: float = BODY_SECONDS,
+    incidents: IncidentStarter | None = None,
 ) -> FastAPI:
     """The alert endpoint as an ASGI app; `token` defaults to the secret `alerts.token` refers to.
 
     A body that takes longer than `body_seconds` to arrive is answered 408 and its connection closed.
+    `incidents`: starts one incident for a payload naming several services (without it: one rollback each).
     `reconfigure(app, config)` swaps the configuration for the next requests (`runbook serve` on SIGHUP).
     """
     app = FastAPI(title="runbook alerts", docs_url=None, redoc_url=None, openapi_url=None)
@@ -112,7 +116,7 @@ def create_app(
 
     def route(source: AlertSource) -> Callable[[Request], Awaitable[Response]]:
         async def receive(request: Request) -> Response:
-            return await _handle(app, request, source, launcher, body_seconds)
+            return await _handle(app, request, source, _Launchers(launcher, incidents), body_seconds)
 
         receive.__name__ = source.name
         return receive
@@ -135,8 +139,16 @@ def reconfigure(app: FastAPI, config: RunbookConfig) -> None:
     app.state.runbook = _current(config, app.state.runbook_token)
 
 
+@dataclass(frozen=True)
+class _Launchers:
+    """How the endpoint starts runs: a rollback per service, or one incident for several."""
+
+    rollback: RunLauncher
+    incident: IncidentStarter | None
+
+
 async def _handle(
-    app: FastAPI, request: Request, source: AlertSource, launcher: RunLauncher, body_seconds: float
+    app: FastAPI, request: Request, source: AlertSource, launcher: _Launchers, body_seconds: float
 ) -> Response:
     current: _Current = app.state.runbook
     try:
@@ -197,7 +209,7 @@ def _parse(source: AlertSource, body: bytes) -> list[Alert]:
         raise _Refused(422, str(exc), problems=exc.problems) from None
 
 
-async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLauncher, source: str) -> AlertsAnswer:
+async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: _Launchers, source: str) -> AlertsAnswer:
     decisions = [decide(alert, config) for alert in alerts]
     outcomes: list[AlertOutcome | None] = [None] * len(alerts)
     targets: dict[tuple[str, str], dict[int, RollbackDecision]] = {}
@@ -213,45 +225,75 @@ async def _answer(alerts: list[Alert], config: RunbookConfig, launcher: RunLaunc
                 environment=decision.environment,
             )
     hold_minutes = alert_settings(config).hold_minutes
+    requests = {target: _request(alerts, rollbacks, hold_minutes, source) for target, rollbacks in targets.items()}
+    launches = await _launch(requests, launcher)
     for (service, environment), rollbacks in targets.items():
-        # The group's earliest alert: its start is when the incident was detected.
-        first = min(rollbacks, key=lambda i: (alerts[i].starts_at, i))
-        chosen = rollbacks[first]
-        request = RollbackRequest(
-            service,
-            environment,
-            chosen.reason,
-            chosen.detected_at,
-            chosen.link,
-            alerts[first].fingerprint,
-            alerts[first].name,
-            tuple(sorted(alerts[first].labels.items())),
-            group_key=alerts[first].group_key,
-            alerts=tuple(sorted({(alerts[i].fingerprint, alerts[i].starts_at) for i in rollbacks})),
-            hold_minutes=hold_minutes,
-            source=source,
-        )
-        try:
-            launch = await launcher.launch(request)
-        except Exception as exc:  # whatever the launcher raises, the answer is 503 so the sender retries
-            raise _Refused(503, f"cannot start the rollback of {service}/{environment}: {exc}") from None
+        launch = launches[service, environment]
+        first = _earliest(alerts, rollbacks)
         for index in rollbacks:
             outcomes[index] = _outcome(alerts[index], service, environment, launch, starter=index == first)
-        if launch.held:
-            continue  # said below, with the ignored ones
-        logger.info(
-            "%s webhook: %s/%s run %s (%s, %s) for %d alert(s)",
-            source,
-            service,
-            environment,
-            launch.run_id,
-            "created" if launch.created else "existing",
-            launch.state,
-            len(rollbacks),
-        )
+        if not launch.held:  # held: said below, with the ignored ones
+            logger.info(
+                "%s webhook: %s/%s run %s (%s, %s) for %d alert(s)",
+                source,
+                service,
+                environment,
+                launch.run_id,
+                "created" if launch.created else "existing",
+                launch.state,
+                len(rollbacks),
+            )
     answered = [o for o in outcomes if o is not None]
     _log_unstarted(source, alerts, answered)
     return AlertsAnswer(alerts=answered)
+
+
+async def _launch(
+    requests: dict[tuple[str, str], RollbackRequest], launcher: _Launchers
+) -> dict[tuple[str, str], Launch]:
+    """One run per (service, environment), or one incident run for them all; a 503 when a launch fails."""
+    if launcher.incident is not None and len(requests) > 1:  # one alert group, several services: one incident
+        by_start = sorted(requests.values(), key=lambda r: (r.detected_at, r.service, r.environment))
+        try:
+            launch = await launcher.incident.launch_incident(IncidentRequest(tuple(by_start)))
+        except Exception as exc:  # whatever the launcher raises, the answer is 503 so the sender retries
+            keys = ", ".join(f"{s}/{e}" for s, e in requests)
+            raise _Refused(503, f"cannot start the incident of {keys}: {exc}") from None
+        return dict.fromkeys(requests, launch)
+    launches = {}
+    for (service, environment), request in requests.items():
+        try:
+            launches[service, environment] = await launcher.rollback.launch(request)
+        except Exception as exc:  # whatever the launcher raises, the answer is 503 so the sender retries
+            raise _Refused(503, f"cannot start the rollback of {service}/{environment}: {exc}") from None
+    return launches
+
+
+def _earliest(alerts: list[Alert], rollbacks: dict[int, RollbackDecision]) -> int:
+    """The index of a target's earliest alert: its start is when the incident was detected."""
+    return min(rollbacks, key=lambda i: (alerts[i].starts_at, i))
+
+
+def _request(
+    alerts: list[Alert], rollbacks: dict[int, RollbackDecision], hold_minutes: int, source: str
+) -> RollbackRequest:
+    """What the alerts of one service and environment ask for, described by the earliest one."""
+    first = _earliest(alerts, rollbacks)
+    chosen = rollbacks[first]
+    return RollbackRequest(
+        chosen.service,
+        chosen.environment,
+        chosen.reason,
+        chosen.detected_at,
+        chosen.link,
+        alerts[first].fingerprint,
+        alerts[first].name,
+        tuple(sorted(alerts[first].labels.items())),
+        group_key=alerts[first].group_key,
+        alerts=tuple(sorted({(alerts[i].fingerprint, alerts[i].starts_at) for i in rollbacks})),
+        hold_minutes=hold_minutes,
+        source=source,
+    )
 
 
 def _log_unstarted(source: str, alerts: list[Alert], outcomes: list[AlertOutcome]) -> None:

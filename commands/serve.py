@@ -238,14 +238,16 @@ def bind_alert_port(host: str, port: int) -> socket.socket:
 class AlertEndpoint:
     """The alert endpoint: uvicorn in a thread, on a socket bound beforehand, reconfigurable on reload."""
 
-    def __init__(self, config: RunbookConfig, sock: socket.socket, warm: WarmRuns) -> None:
+    def __init__(self, config: RunbookConfig, sock: socket.socket, warm: WarmRuns, incidents: WarmRuns) -> None:
         import uvicorn
 
         from commands.alert_endpoint import create_app
-        from runbook.alerts.launcher import PrefectLauncher
+        from runbook.alerts.launcher import IncidentLauncher, PrefectLauncher
 
         self.app = create_app(
-            config, PrefectLauncher("rollback/rollback", hand_to=warm.run_owned, mark=warm.handed_mark)
+            config,
+            PrefectLauncher("rollback/rollback", hand_to=warm.run_owned, mark=warm.handed_mark),
+            incidents=IncidentLauncher(hand_to=incidents.run_owned, mark=incidents.handed_mark),
         )
         # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alert_endpoint.BODY_SECONDS.
         settings = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE)
@@ -279,16 +281,21 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
 
             from commands.ready_keeper import ReadyKeeper
             from deployments.spec import runner_deployments
+            from flows.incident import incident
             from flows.rollback import rollback
 
-            runner = Runner(pause_on_shutdown=True)  # what prefect.serve() makes; kept to add deployments on reload
+            # Kept to add deployments on reload. A stop leaves the rehearsals' schedules on (prefect.serve()'s
+            # default pauses them: the next weekly rehearsal would silently never run).
+            runner = Runner(pause_on_shutdown=False)
             deployments = runner_deployments(config)
             registered = register(runner, deployments)  # before the endpoint answers: never a service they refuse
             warm = WarmRuns(rollback, registered["rollback"])
+            warm_incidents = WarmRuns(incident, registered["incident"])
             warm.start()
+            warm_incidents.start()
             keeper = ReadyKeeper()  # each service's way back, resolved ahead of its incident (runbook/ready.py)
             keeper.start()
-            endpoint = AlertEndpoint(config, sock, warm) if sock is not None else None
+            endpoint = AlertEndpoint(config, sock, warm, warm_incidents) if sock is not None else None
             if endpoint is not None:
                 endpoint.start()
                 print(f"alert endpoint: http://{alerts_host}:{alerts_port}/alerts/alertmanager (and /alerts/grafana)")
@@ -305,7 +312,8 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
                     asyncio.run(runner.start())
             finally:
                 keeper.stop()
-                left = warm.drain(timeout=DRAIN_SECONDS)  # the rollbacks in progress finish first
+                # The rollbacks and incidents in progress finish first (an incident's rollbacks are its own threads).
+                left = _drain_all((warm_incidents, warm), DRAIN_SECONDS)
                 if left:
                     print(f"stopped with {len(left)} rollback run(s) still in progress: {left}", file=sys.stderr)
     finally:
@@ -340,15 +348,30 @@ def reload(runner: Any, endpoint: AlertEndpoint | None, lock: threading.Lock) ->
         sys.stdout.flush()
 
 
-def register(runner: Any, deployments: list[Any]) -> dict[str, Any]:
-    """Register every deployment with the Prefect API; the runner serves all but `rollback` (run warm, here).
+#: The deployments whose runs `serve` executes warm, in its own threads (commands/warm.py), not by its runner.
+WARM_DEPLOYMENTS = ("rollback", "incident")
 
-    The deployments' ids by name. The rollback deployment is registered (the UI's form, the API's validation)
-    but not polled by the runner: `WarmRuns` claims its runs and executes them in this process.
+
+def _drain_all(warm: tuple[WarmRuns, ...], seconds: float) -> list[Any]:
+    """Stop taking runs and wait for those in progress, all within `seconds`; the runs still going then."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    left: list[Any] = []
+    for runs in warm:
+        left += runs.drain(timeout=max(0.0, deadline - time.monotonic()))
+    return left
+
+
+def register(runner: Any, deployments: list[Any]) -> dict[str, Any]:
+    """Register every deployment with the Prefect API; the runner serves all but the warm ones (run here).
+
+    The deployments' ids by name. The rollback and incident deployments are registered (the UI's form, the
+    API's validation) but not polled by the runner: `WarmRuns` claims their runs and executes them here.
     """
     ids: dict[str, Any] = {}
     for deployment in deployments:
-        if deployment.name == "rollback":
+        if deployment.name in WARM_DEPLOYMENTS:
             ids[deployment.name] = deployment.apply()
         else:
             runner.add_deployment(deployment)

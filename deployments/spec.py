@@ -3,6 +3,11 @@
 - `rollback`: no schedule; started from the UI (a form with the configured services and environments as
   choices), by the alert endpoint, or through the API. No parameter chooses the configuration (the serving
   process's `$RUNBOOK_CONFIG`), silences Slack or names the trigger.
+- `incident`: no schedule; several services of one incident rolled back together (flows/incident.py), from
+  the UI (a list of services and environments, with the configured ones as choices), the API, or the alert
+  endpoint when one alert group names several services.
+- `release`: lifts the quarantine of a version rolled back from (flows/release.py), from the UI or
+  `runbook release`.
 - `rehearsal-<service>-<environment>`: one per configured environment with a `rehearsal` schedule;
   `drill` where the environment is marked `staging: true`, `preflight` (changes nothing) elsewhere.
 """
@@ -18,6 +23,8 @@ from runbook.config import RunbookConfig
 
 ROLLBACK_ENTRYPOINT = "flows/rollback.py:rollback"
 REHEARSAL_ENTRYPOINT = "flows/rehearsal.py:rehearsal"
+INCIDENT_ENTRYPOINT = "flows/incident.py:incident"
+RELEASE_ENTRYPOINT = "flows/release.py:release"
 WORK_POOL = "runbook"
 
 
@@ -47,7 +54,21 @@ def deployment_specs(config: RunbookConfig) -> list[DeploymentSpec]:
             description="Roll a service back to its last stable version (or a given SHA): resolve the SHA, verify "
             "the image, redeploy, check health, tell Slack, write the post-mortem.",
             tags=("runbook", "rollback"),
-        )
+        ),
+        DeploymentSpec(
+            name="incident",
+            entrypoint=INCIDENT_ENTRYPOINT,
+            description="Roll several services of one incident back together: each one's rollback as a subflow, "
+            "one Slack thread, one post-mortem.",
+            tags=("runbook", "incident"),
+        ),
+        DeploymentSpec(
+            name="release",
+            entrypoint=RELEASE_ENTRYPOINT,
+            description="Lift the quarantine of a version rolled back from: the application's deploy workflow may "
+            "deploy it again (recorded in GitHub Deployments, told in Slack).",
+            tags=("runbook", "release"),
+        ),
     ]
     for service_name, service in sorted(config.services.items()):
         for env_name, env in sorted(service.environments.items()):
@@ -106,10 +127,12 @@ def runner_deployments(config: RunbookConfig) -> list[Any]:
     """The deployments as Prefect RunnerDeployments, for `prefect.serve` (what `runbook serve` runs)."""
     from prefect.schedules import Cron
 
+    from flows.incident import incident
     from flows.rehearsal import rehearsal
+    from flows.release import release
     from flows.rollback import rollback
 
-    flows: dict[str, Any] = {"rollback": rollback, "rehearsal": rehearsal}
+    flows: dict[str, Any] = {"rollback": rollback, "rehearsal": rehearsal, "incident": incident, "release": release}
     return [
         with_choices(
             flows[spec.flow_name].to_deployment(
@@ -136,8 +159,11 @@ def with_choices(deployment: Any, config: RunbookConfig) -> Any:
     """
     services = sorted(config.services)
     environments = sorted({env for service in config.services.values() for env in service.environments})
-    properties = deployment._parameter_openapi_schema.properties
-    for name, choices in (("service", services), ("environment", environments)):
-        if name in properties:
-            properties[name]["enum"] = choices
+    schema = deployment._parameter_openapi_schema
+    # The incident's rows (`services`: a list of IncidentService) get the same choices as the rollback's fields.
+    rows = (schema.definitions or {}).get("IncidentService", {}).get("properties", {})
+    for properties in (schema.properties, rows):
+        for name, choices in (("service", services), ("environment", environments)):
+            if name in properties:
+                properties[name]["enum"] = choices
     return deployment

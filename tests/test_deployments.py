@@ -24,7 +24,7 @@ def test_checked_in_prefect_yaml_is_generated_from_the_example() -> None:
 
 def test_one_rehearsal_per_environment_drill_only_in_staging() -> None:
     specs = {spec.name: spec for spec in deployment_specs(load_config(ROOT / "runbook.example.yaml"))}
-    assert set(specs) == {"rollback", "rehearsal-shop-production", "rehearsal-shop-staging"}
+    assert set(specs) == {"rollback", "incident", "release", "rehearsal-shop-production", "rehearsal-shop-staging"}
     assert specs["rollback"].cron is None
     assert specs["rehearsal-shop-production"].parameters["mode"] == "preflight"
     assert specs["rehearsal-shop-staging"].parameters["mode"] == "drill"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +32,7 @@ import httpx
 
 from runbook import hold
 from runbook.errors import LaunchError
-from runbook.incident import AlertContext
+from runbook.incident import AlertContext, member_alerts_to_run_context
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -122,6 +122,12 @@ class RunLauncher(Protocol):
     """Starts a rollback run unless one is already active for the service and environment."""
 
     async def launch(self, request: RollbackRequest) -> Launch: ...
+
+
+class IncidentStarter(Protocol):
+    """Starts one incident run for an alert group that names several services."""
+
+    async def launch_incident(self, request: IncidentRequest) -> Launch: ...
 
 
 def idempotency_key(request: RollbackRequest) -> str:
@@ -219,13 +225,17 @@ class PrefectLauncher:
                 await shared.__aexit__(None, None, None)
 
     async def launch(self, request: RollbackRequest) -> Launch:
+        return await self._guarded((request.service, request.environment), lambda client: self._launch(client, request))
+
+    async def _guarded(self, key: tuple[str, str], call: Callable[[PrefectClient], Awaitable[Launch]]) -> Launch:
+        """`call` with the API's client, one at a time per `key`, within the launch's time; LaunchError otherwise."""
         import httpx
         from prefect.exceptions import ObjectNotFound, PrefectException
 
         state = self._state()
         try:
-            async with asyncio.timeout(self.timeout_seconds), state.lock(request.service, request.environment):
-                return await self._until_answered(state, request)
+            async with asyncio.timeout(self.timeout_seconds), state.lock(*key):
+                return await self._until_answered(state, call)
         except ObjectNotFound:
             self._deployment_id = None
             raise LaunchError(
@@ -244,7 +254,7 @@ class PrefectLauncher:
                 hint="check the Prefect server (prefect server start) and PREFECT_API_URL",
             ) from None
 
-    async def _until_answered(self, state: _LoopState, request: RollbackRequest) -> Launch:
+    async def _until_answered(self, state: _LoopState, call: Callable[[PrefectClient], Awaitable[Launch]]) -> Launch:
         """`_launch`, again after a short pause (0.1 s, doubling up to 1 s) while the API answers it is busy.
 
         SQLite's writer lock ("database is locked") comes back as a 503, an overloaded server may drop a kept-alive
@@ -261,7 +271,7 @@ class PrefectLauncher:
                     profile, settings = state.no_retries
                     try:
                         with prefect.context.SettingsContext(profile=profile, settings=settings):
-                            return await self._launch(client, request)
+                            return await call(client)
                     except PrefectHTTPStatusError as exc:
                         if exc.response.status_code not in (429, 502, 503):
                             raise
@@ -366,6 +376,86 @@ class PrefectLauncher:
                 if self._deployment_id is None:
                     self._deployment_id = (await client.read_deployment_by_name(self.deployment_name)).id
         return self._deployment_id
+
+
+@dataclass(frozen=True)
+class IncidentRequest:
+    """One alert group naming several services: one incident, a rollback of each (flows/incident.py)."""
+
+    requests: tuple[RollbackRequest, ...]
+
+    @property
+    def first(self) -> RollbackRequest:
+        """The group's earliest alert's request: its reason and link are the incident's."""
+        return min(self.requests, key=lambda r: r.detected_at)
+
+    @property
+    def key(self) -> str:
+        return ",".join(f"{r.service}/{r.environment}" for r in self.requests)
+
+
+def incident_idempotency_key(request: IncidentRequest) -> str:
+    """`incident:<digest>` of each service's own key (runbook/alerts/launcher.py `idempotency_key`)."""
+    keys = sorted(idempotency_key(r) for r in request.requests)
+    return "incident:" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
+
+
+class IncidentLauncher(PrefectLauncher):
+    """Creates a run of the `incident` deployment for an alert group that names several services.
+
+    The same guarantees as a rollback's launch: one run per group and set of alerts (the idempotency key; a
+    create whose answer was lost is found again, and handed over if it is this launcher's), busy answers
+    retried within the launch's time. A service already being rolled back, or held by an earlier automatic
+    rollback, is the incident's rollback subflow's to find (its one-at-a-time slot, its hold): said in the
+    incident's thread and post-mortem.
+    """
+
+    def __init__(self, deployment_name: str = "incident/incident", **options: Any) -> None:
+        super().__init__(deployment_name, **options)
+
+    def __repr__(self) -> str:
+        return f"IncidentLauncher(deployment_name={self.deployment_name!r})"
+
+    async def launch_incident(self, request: IncidentRequest) -> Launch:
+        return await self._guarded(("incident", request.key), lambda client: self._launch_incident(client, request))
+
+    async def _launch_incident(self, client: PrefectClient, request: IncidentRequest) -> Launch:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterIdempotencyKey
+        from prefect.exceptions import PrefectHTTPStatusError
+        from prefect.states import Pending
+
+        deployment_id = await self._resolve_deployment(client)
+        key = incident_idempotency_key(request)
+        earlier = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                idempotency_key=FlowRunFilterIdempotencyKey(any_=[key]),
+            ),
+            limit=1,
+        )
+        if earlier:  # a repeat of the same alerts, or a create whose answer was lost
+            self._hand_over_if_ours(earlier[0])
+            return _launch_of(earlier[0], created=False)
+        first = request.first
+        services = [{"service": r.service, "environment": r.environment} for r in request.requests]
+        alerts = {f"{r.service}/{r.environment}": r.alert_context() for r in request.requests}
+        own: State[Any] | None = Pending(message=self.mark) if self.hand_to else None
+        try:
+            run = await client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters={"services": services, "reason": first.reason, "incident": first.link},
+                context={**first.alert_context().to_run_context(), **member_alerts_to_run_context(alerts)},
+                tags=["alert", "incident", *sorted({r.service for r in request.requests})],
+                idempotency_key=key,
+                state=own,
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            raise _refused_by_deployment(self.deployment_name, first, exc.response) from None
+        self._hand_over_if_ours(run)
+        logger.info("created incident run %s for %s (alert group %s)", run.id, request.key, first.group_key or "-")
+        return _launch_of(run, created=True)
 
 
 @dataclass

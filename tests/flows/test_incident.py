@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,62 @@ def _services_of(state: Any) -> list[str]:
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
     return [s["service"] for s in run.parameters["services"]]
+
+
+def test_an_alert_group_naming_two_services_starts_one_incident_even_sent_twice_to_two_replicas(
+    world: ManyServicesSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Alertmanager group firing for api and web: one incident run, whichever endpoint replica gets it."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from commands.alert_endpoint import create_app
+    from deployments.spec import with_choices
+    from runbook.alerts.launcher import IncidentLauncher, PrefectLauncher
+    from runbook.config import load_config
+    from sandbox.alert_bodies import alertmanager_body
+    from tests.support.alert_app import TOKEN, post
+
+    monkeypatch.setenv("RUNBOOK_TEST_ALERT_TOKEN", TOKEN)
+    data = yaml_data(configure(world))
+    data["alerts"] = {"token": {"env": "RUNBOOK_TEST_ALERT_TOKEN"}}
+    config_path = world.write_config(data, "alerts.yaml")
+    config = load_config(config_path)
+    with using_config(config_path):
+        with_choices(incident.to_deployment(name="alerts"), config).apply()
+    started = datetime.now(UTC)
+    body = alertmanager_body("api", starts_at=started, fingerprint="a1")
+    body["alerts"] += alertmanager_body("web", starts_at=started, fingerprint="w1")["alerts"]
+    body["groupKey"] = '{}:{alertname="HighErrorRate"}'
+
+    def replica() -> Any:
+        return create_app(
+            config, PrefectLauncher("rollback/none"), token=TOKEN, incidents=IncidentLauncher("incident/alerts")
+        )
+
+    first = post(replica(), "/alerts/alertmanager", body).json()["alerts"]
+    again = post(replica(), "/alerts/alertmanager", body).json()["alerts"]  # another replica, the same group
+
+    assert [a["decision"] for a in first] == ["started", "started"], first
+    assert len({a["run_id"] for a in first + again}) == 1 and {a["decision"] for a in again} == {"already-running"}
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(first[0]["run_id"])
+    assert run.parameters["services"] == [
+        {"service": "api", "environment": ENVIRONMENT},
+        {"service": "web", "environment": ENVIRONMENT},
+    ]
+    with using_config(config_path):
+        state = run_flow(incident, flow_run=run, return_type="state")
+
+    assert state.is_completed(), state.message
+    assert dispatched(world) == {"api": 1, "web": 1} and world.healthy("api") and world.healthy("web")
+    root, _ = the_thread(world)
+    assert "Alerte : HighErrorRate" in root.current_text
+    markdown = str(artifacts(run.id)[_key("api", "web")].data)
+    assert "**Trigger:** alert" in markdown and "`fingerprint`" not in markdown
+
+
+def yaml_data(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
