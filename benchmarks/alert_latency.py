@@ -1,7 +1,7 @@
 """Time from an alert (or a run created in the UI) to the first deploy request at the target, with `runbook serve`.
 
 Run: .venv/bin/python benchmarks/alert_latency.py [--trials 20] [--services 20] [--database sqlite|postgresql]
-     [--only ready,full,ui,batch,slack,latency]
+     [--only ready,full,ui,batch,incident,slack,latency]
 Starts a real `prefect server start` (SQLite, or PostgreSQL in a throwaway cluster), the sandbox (GitHub and Slack
 stand-ins, a real registry, the app; with `batch`, one more repository, image history and app per service), and
 `runbook serve` against them (one `serve` per configuration the chosen scenarios need, one after the other). Per
@@ -15,6 +15,8 @@ workflow's dispatch (the first deploy request). Scenarios, each printed next to 
   full     the same with `ready_target: {enabled: false}` in the configuration (goal p50 1.0 s)
   ui       a run created through the API as the UI does (`create_flow_run_from_deployment`) -> dispatch (goal 1.5 s)
   batch    N services alerted at once: time to the last dispatch vs one service alone (goal 1.5x), lost ones (0)
+  incident one alert group naming N services (one `incident` run): time to the last service's dispatch and to the
+           last service healthy, each vs one service alone (goal 1.5x)
   slack    Slack hanging on every call: time to recovery vs Slack answering (goal +0.5 s); the thread's root
   latency  GitHub 120 ms, registry 80 ms (a delaying proxy), Slack 300 ms per call, from the alert to the
            dispatch: time to dispatch vs the sum of the latencies of the calls received meanwhile (goal 1.1x);
@@ -61,7 +63,7 @@ from sandbox.slack_standin import SlackStandIn  # noqa: E402
 from sandbox.world import ENVIRONMENT, SERVICE  # noqa: E402
 
 TOKEN = "bench-alert-token-0123456789abcdef"
-SCENARIOS = ("ready", "full", "ui", "batch", "slack", "latency")
+SCENARIOS = ("ready", "full", "ui", "batch", "incident", "slack", "latency")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 #: Injected per call in the `latency` scenario, seconds.
 GITHUB_LATENCY, REGISTRY_LATENCY, SLACK_LATENCY = 0.12, 0.08, 0.3
@@ -189,7 +191,9 @@ class Api:
         """From the run's post-mortem artifact (to 0.1 s): its result is not kept (results not persisted)."""
         body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
         for artifact in self.call("POST", "/artifacts/filter", json=body):
-            if artifact.get("type") == "markdown" and str(artifact.get("key") or "").startswith("rollback-"):
+            if artifact.get("type") == "markdown" and str(artifact.get("key") or "").startswith(
+                ("rollback-", "incident-")
+            ):
                 found = _TTR.search(str(artifact.get("data") or ""))
                 if found:
                     return float(found.group(1))
@@ -418,6 +422,54 @@ def scenario_batch(bench: Bench) -> list[str]:
     return [title, *batch_summary(alone, trials), f"  healthy now: {healthy}/{len(names)}"]
 
 
+def alert_group(bench: Bench, names: Sequence[str]) -> list[Trial]:
+    """One Alertmanager webhook (one alert group) firing for every service: one incident run; a trial each."""
+    starts_at = datetime.now(UTC)
+    bodies = [
+        alertmanager_body(name, starts_at=starts_at, fingerprint=f"{index:04x}{int(starts_at.timestamp()):x}")
+        for index, name in enumerate(names)
+    ]
+    body = {**bodies[0], "groupKey": f'{{}}:{{alertname="HighErrorRate"}}:{starts_at.timestamp()}'}
+    body["alerts"] = [alert for b in bodies for alert in b["alerts"]]
+    posted = time.time()
+    answer = httpx.post(bench.endpoint, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    answered = time.time()
+    run_ids = {str(a.get("run_id") or "") for a in answer.json().get("alerts", [])} if answer.is_success else {""}
+    run_id = run_ids.pop() if len(run_ids) == 1 else ""
+    return [Trial(name, run_id, posted, answered) for name in names]
+
+
+def scenario_incident(bench: Bench) -> list[str]:
+    names = bench.sandbox.names
+    alone = [bench.one(name, bench.alert, f"alone {name}") for name in names[: min(3, len(names))]]
+    bench.break_services(names)
+    print(f"incident: one alert group naming {len(names)} services ...", flush=True)
+    trials = alert_group(bench, names)
+    bench.wait_dispatches(trials)
+    bench.api.wait_ended(trials[:1])
+    lost = [t.service for t in trials if t.dispatched is None]
+    one = statistics.median([t.latency for t in alone if t.latency is not None] or [float("nan")])
+    # Time to recovery from each post-mortem: from the alert's start to the (last) service healthy again.
+    alone_ttr = [bench.api.time_to_recovery(t.run_id) for t in alone]
+    one_healthy = statistics.median([ttr for ttr in alone_ttr if ttr is not None] or [float("nan")])
+    last, healthy = last_dispatch(trials), bench.api.time_to_recovery(trials[0].run_id)
+    title = f"one incident of {len(names)} services (Prefect server on {database_name(bench.args.database)}):"
+    lines = [title, f"  incident run {trials[0].run_id or '(none)'}: {trials[0].state}"]
+    if last is not None:
+        lines.append(
+            f"  last service's dispatch {last:.2f} s after the alert; one service alone {one:.2f} s; "
+            f"ratio {last / one:.2f}x {goal(last / one, 1.5, 'x')}"
+        )
+    if healthy is not None:
+        lines.append(
+            f"  time to recovery (the last service healthy, from the post-mortems) {healthy:.1f} s; one service "
+            f"alone {one_healthy:.1f} s; ratio {healthy / one_healthy:.2f}x {goal(healthy / one_healthy, 1.5, 'x')}"
+        )
+    lines.append(f"  lost (no dispatch within {DISPATCH_TIMEOUT:.0f} s): {len(lost)} {goal(len(lost), 0, '')} {lost}")
+    healthy_now = sum(bench.sandbox.healthy(name) for name in names)
+    return [*lines, f"  healthy now: {healthy_now}/{len(names)}"]
+
+
 def batch_summary(alone: Sequence[Trial], trials: Sequence[Trial]) -> list[str]:
     lost = [t.service for t in trials if t.dispatched is None]
     alone_latencies = [t.latency for t in alone if t.latency is not None]
@@ -602,6 +654,8 @@ def run_all(bench: Bench, only: set[str]) -> list[str]:
         lines += run_group(bench, "full", bench.config([SERVICE], ready=False), [scenario_full])
     if "batch" in only:
         lines += run_group(bench, "batch", bench.config(bench.sandbox.names), [scenario_batch])
+    if "incident" in only:
+        lines += run_group(bench, "incident", bench.config(bench.sandbox.names), [scenario_incident])
     if "latency" in only:
         with LatencyProxy(bench.sandbox.registry.base_url) as proxy:
             lines += run_group(bench, "latency", latency_config(bench, proxy), [lambda b: scenario_latency(b, proxy)])
@@ -611,7 +665,9 @@ def run_all(bench: Bench, only: set[str]) -> list[str]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials of ready, full and ui (default 20)")
-    parser.add_argument("--services", type=int, default=20, help="services alerted at once by batch (default 20)")
+    parser.add_argument(
+        "--services", type=int, default=20, help="services alerted at once by batch and incident (default 20)"
+    )
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"a subset of {','.join(SCENARIOS)}")
     parser.add_argument("--side-trials", type=int, default=3, help="trials of slack and latency (default 3)")
@@ -636,7 +692,8 @@ def main() -> None:
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="runbook-alert-bench-"))
     os.environ.setdefault("PREFECT_HOME", str(work / "client-home"))  # this process's client (ui); not inherited
-    services = [f"svc-{index:02d}" for index in range(1, args.services + 1)] if "batch" in only else []
+    many = only & {"batch", "incident"}
+    services = [f"svc-{index:02d}" for index in range(1, args.services + 1)] if many else []
     # No hold: each trial is a new incident starting after the previous automatic rollback ended.
     with alerting_world(work, services=services, database=args.database) as (server, sandbox, data):
         for name in [SERVICE, *services]:

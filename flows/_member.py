@@ -9,7 +9,7 @@ incident's post-mortem.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,6 +28,8 @@ class Member:
     alert: AlertContext | None
     board: Board
     journal: Journal | None = field(default=None)
+    #: Called once the service is healthy again (those that go back after it need not wait for the rest).
+    on_recovered: Callable[[], None] = field(default=lambda: None)
 
 
 _MEMBER: ContextVar[Member | None] = ContextVar("incident_member", default=None)
@@ -46,3 +48,10 @@ def member(of: Member) -> Iterator[Member]:
         yield of
     finally:
         _MEMBER.reset(token)
+
+
+def recovered_now() -> None:
+    """The rollback in progress is healthy again: its incident may start the services that wait for it."""
+    one = _MEMBER.get()
+    if one is not None:
+        one.on_recovered()

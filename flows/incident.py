@@ -40,6 +40,7 @@ from runbook.incident import member_alerts_from_run_context
 from runbook.incidents import IncidentService, Plan, parse_services, plan
 from runbook.journal import Journal, describe_error, utcnow
 from runbook.postmortem import ServiceRow, incident_time_to_recovery
+from runbook.prefect_calls import hear_busy_soon
 from runbook.slack import SlackPoster
 from tasks.postmortem import write_incident_postmortem
 
@@ -79,6 +80,7 @@ def incident(
     Each service goes back to its last known good version (its own `rollback` run, shown as a subflow); the
     configuration's `roll_back_after` orders them; the others run at once.
     """
+    hear_busy_soon()  # on SQLite, the services' rollbacks starting together meet "database is locked": 0.1 s, not 2 s
     config = load_config()
     members = plan(config, parse_services(services))  # unknown or repeated services: fail before anything
     alert = current_alert()
@@ -176,7 +178,9 @@ class _Roster:
         self._reason = reason
         self._incident = incident
         self._earlier = earlier
-        self._done = {m.key: threading.Event() for m in members.members}
+        # Set once a service is healthy again, or its rollback ended otherwise: those after it may go on.
+        self._settled = {m.key: threading.Event() for m in members.members}
+        self._recovered: set[str] = set()
         self._rows: dict[str, ServiceRow] = {}
 
     def run(self) -> list[ServiceRow]:
@@ -192,7 +196,9 @@ class _Roster:
             get_run_logger().exception("the rollback of %s ended with an error", service.key)
             row = ServiceRow(service.key, "failed", describe_error(exc))
         self._rows[service.key] = row
-        self._done[service.key].set()
+        if row.recovered:
+            self._recovered.add(service.key)
+        self._settled[service.key].set()
 
     def _roll_back(self, service: IncidentService) -> ServiceRow:
         key, language = service.key, self._board.language
@@ -205,13 +211,13 @@ class _Roster:
         if first:
             self._board.member_status(key, messages.status_waiting(language, ", ".join(first)), "waiting")
             for before in first:
-                self._done[before].wait()
-            blocked = [before for before in first if not self._rows[before].recovered]
+                self._settled[before].wait()
+            blocked = [before for before in first if before not in self._recovered]
             if blocked:
                 names = ", ".join(blocked)
                 self._board.member_status(key, messages.status_skipped(language, names), "skipped")
                 return ServiceRow(key, "skipped", f"not rolled back: {names} had to go back first and did not recover")
-        one = Member(service, self._alerts.get(key), self._board)
+        one = Member(service, self._alerts.get(key), self._board, on_recovered=lambda: self._healthy(key))
         with member(one):
             if earlier is not None:  # an earlier attempt's run that did not recover: that run again
                 state = _retry_in_place(service, earlier)
@@ -227,6 +233,11 @@ class _Roster:
                     ),
                 )
         return self._row(key, state, one.journal)
+
+    def _healthy(self, key: str) -> None:
+        """`key`'s rollback says it is healthy again (its run still finishing its records)."""
+        self._recovered.add(key)
+        self._settled[key].set()
 
     def _row(self, key: str, state: State, journal: Journal | None) -> ServiceRow:
         if state.is_completed():

@@ -22,7 +22,7 @@ from prefect.states import Cancelled
 from prefect.utilities.urls import url_for
 
 from flows._hold import deploy_starting, hold_alert, hold_period, previous_rollback
-from flows._member import current_member
+from flows._member import current_member, recovered_now
 from flows._slack import Announcer, Board
 from flows.trigger import current_alert, current_trigger
 from runbook import background, messages
@@ -509,6 +509,7 @@ class _Rollback:
             ttr,
         )
         self.slack.recovered(resolution.sha, image.digest, ttr, result.link)
+        recovered_now()  # one service of an incident: those that go back after it may start
 
 
 def _rollout_id(opening: PrefectFuture[int | None] | None, journal: Journal) -> int | None:

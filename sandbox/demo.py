@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,6 +18,18 @@ def _say(text: str = "") -> None:
 
 def _slack_echo(line: str) -> None:
     print(f"  slack | {line}", flush=True)
+
+
+def say_thread(messages: list[Any]) -> None:
+    """The Slack thread as it reads now: the root (after its updates), then each reply."""
+    _say("== Slack thread in #incidents-prod ==")
+    for message in messages:
+        prefix = "  " if message.thread_ts is None else "    └ "
+        broadcast = " (also sent to the channel)" if message.reply_broadcast else ""
+        if message.updates:
+            broadcast = f" (as it reads now, after {len(message.updates)} updates)"
+        for index, line in enumerate(message.current_text.splitlines()):
+            _say((prefix if index == 0 else " " * len(prefix)) + line + (broadcast if index == 0 else ""))
 
 
 def run_demo(workdir: Path, prefect_home: Path) -> bool:
@@ -60,14 +73,7 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         thread = sandbox.slack.messages
 
         _say()
-        _say("== Slack thread in #incidents-prod ==")
-        for message in thread:
-            prefix = "  " if message.thread_ts is None else "    └ "
-            broadcast = " (also sent to the channel)" if message.reply_broadcast else ""
-            if message.updates:
-                broadcast = f" (as it reads now, after {len(message.updates)} updates)"
-            for index, line in enumerate(message.current_text.splitlines()):
-                _say((prefix if index == 0 else " " * len(prefix)) + line + (broadcast if index == 0 else ""))
+        say_thread(thread)
         _say()
         _say("== Result ==")
         _say(f"  flow run state    {state.type.value} ({state.name})")
@@ -94,3 +100,56 @@ def run_demo(workdir: Path, prefect_home: Path) -> bool:
         _say("  Artifacts tab: 'rollback-shop-production' (post-mortem),")
         _say("                 'rollback-shop-production-timings' (step timings)")
         return bool(state.is_completed() and health.status_code == 200)
+
+
+def run_incident_demo(workdir: Path, prefect_home: Path) -> bool:
+    """The demo of one incident of three services (`shop`, `api`, `web` after `api`); True when all recovered."""
+    from flows.incident import IncidentSummary, incident
+    from sandbox.many_services import ManyServicesSandbox
+
+    _say("== rollback-runbook sandbox demo: one incident, three services ==")
+    _say("Starting the sandbox: registry, GitHub and Slack stand-ins, and three broken apps (shop, api, web) ...")
+    with ManyServicesSandbox(workdir, services=["api", "web"], echo=_slack_echo) as world:
+        data = world.config_data()
+        data["services"]["web"]["roll_back_after"] = ["api"]  # the front end goes back once the API is healthy
+        config = world.write_config(data, "incident.yaml")
+        for name in (SERVICE, "api", "web"):
+            app = world.service(name).app
+            _say(
+                f"  {name:<5} {app.url} runs {app.version[:7]}: /health -> {httpx.get(app.url + '/health').status_code}"
+            )
+        _say(f"  config {config} (web: roll_back_after [api])")
+        _say()
+        _say(f"Running the Prefect flow `incident` for shop, api and web in {ENVIRONMENT} ...")
+        _say()
+        started = time.perf_counter()
+        with using_config(config):
+            state = incident(
+                services=[{"service": name, "environment": ENVIRONMENT} for name in (SERVICE, "api", "web")],
+                reason="5xx on every service after the 14:02 deploy train",
+                incident="INC-43",
+                return_state=True,
+            )
+        wall = time.perf_counter() - started
+        summary = state.result(raise_on_failure=False)
+        _say()
+        say_thread(world.slack.messages)
+        _say()
+        _say("== Result ==")
+        _say(f"  flow run state    {state.type.value} ({state.name}), wall time {wall:.2f} s")
+        healthy = all(world.healthy(name) for name in (SERVICE, "api", "web"))
+        if isinstance(summary, IncidentSummary):
+            _say(f"  services          {summary.services}")
+            ttr = summary.time_to_recovery
+            _say(f"  time to recovery  {f'{ttr:.2f} s (the last service healthy)' if ttr else 'not recovered'}")
+            _say()
+            _say("== Incident post-mortem (artifact 'incident-shop-production-api-production-web-production') ==")
+            for line in summary.postmortem.splitlines():
+                _say(f"  | {line}")
+        else:
+            _say(f"  failure           {summary}")
+        _say()
+        _say("== Where to see the run, its three rollback subflows and the post-mortems ==")
+        _say(f"  PREFECT_HOME={prefect_home} .venv/bin/prefect server start")
+        _say(f"  then open http://127.0.0.1:4200/runs/flow-run/{state.state_details.flow_run_id}")
+        return bool(state.is_completed() and healthy)
