@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,23 @@ def test_the_configuration_imports_no_io_module() -> None:
     code = f"import sys, runbook.config; print([m for m in {io_modules!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_roll_back_after_names_other_services_without_a_cycle_and_orders_an_incident() -> None:
+    from runbook.incidents import IncidentService, plan
+
+    data = _minimal()
+    shop = data["services"]["shop"]
+    data["services"] = {name: copy.deepcopy(shop) for name in ("db", "api", "web")}
+    data["services"]["web"]["roll_back_after"] = ["api"]
+    data["services"]["api"]["roll_back_after"] = ["db"]
+    config = parse_config(data)
+    members = [IncidentService(service=s, environment="production") for s in ("web", "db")]
+    # web waits for db through api, which the incident does not name; db waits for nobody.
+    assert plan(config, members).first == {"web/production": ("db/production",), "db/production": ()}
+    with pytest.raises(ConfigError, match="twice"):
+        plan(config, [*members, members[0]])
+    for broken, expected in ((["cart"], "'cart' is not another configured service"), (["web"], "a cycle")):
+        data["services"]["db"]["roll_back_after"] = broken
+        with pytest.raises(ConfigError, match=expected):
+            parse_config(data)

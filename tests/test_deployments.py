@@ -54,3 +54,14 @@ def test_runbook_rollback_dry_run_from_the_shell(tmp_path: Path) -> None:
         result = runbook_rollback("--sha", "zzz")
         assert result.exit_code == 1
         assert sandbox.github.dispatches() == []
+
+
+def test_the_incident_form_offers_the_configured_services_and_environments_in_each_row() -> None:
+    from deployments.spec import runner_deployments
+
+    config = load_config(ROOT / "runbook.example.yaml")
+    [incident] = [d for d in runner_deployments(config) if d.name == "incident"]
+    schema = incident._parameter_openapi_schema
+    assert schema.properties["services"]["items"] == {"$ref": "#/definitions/IncidentService"}
+    row = schema.definitions["IncidentService"]["properties"]
+    assert row["service"]["enum"] == ["shop"] and row["environment"]["enum"] == ["production", "staging"]
