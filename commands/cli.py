@@ -1,4 +1,5 @@
-"""The `runbook` command: `serve`, `rollback`, `check-config`, `prefect-yaml` (the demo is `python -m sandbox`)."""
+"""The `runbook` command: `serve`, `rollback`, `release`, `alerts`, `worker`, `check-config`, `prefect-yaml` (the demo
+is `python -m sandbox`)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,35 @@ def _run_rollback(**parameters: Any) -> Any:
 
 
 @app.command()
+def release(
+    sha: Annotated[str, typer.Argument(help="the version rolled back from, as the quarantine guard names it")],
+    service: Annotated[str, typer.Option(help="configured service")],
+    environment: Annotated[str, typer.Option(help="environment it was rolled back in, e.g. production")],
+    reason: Annotated[str, typer.Option(help="why it is safe to deploy again")],
+    config: ConfigOption = None,
+) -> None:
+    """Lift the quarantine of a version rolled back from: the quarantine guard lets it be deployed again."""
+    prefect_defaults()
+    from commands.serve import CLIENT_AUTH_SETTING, local_auth_string
+    from runbook.config import config_path, using_config
+
+    auth_string = local_auth_string(os.environ)  # PREFECT_API_URL is the server `runbook serve` started here
+    if auth_string:
+        os.environ[CLIENT_AUTH_SETTING] = auth_string
+    from flows.release import release as release_flow
+
+    with using_config(config_path(config)):
+        state = release_flow(sha=sha, service=service, environment=environment, reason=reason, return_state=True)
+    if not state.is_completed():
+        problem = state.result(raise_on_failure=False)
+        said = problem if isinstance(problem, RunbookError) else state.message
+        typer.secho(f"error: {said}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    summary = state.result()
+    typer.echo(f"released {summary.sha} in {service}/{environment}: it may be deployed again; told {summary.announced}")
+
+
+@app.command()
 def serve(
     config: ConfigOption = None,
     alerts_host: Annotated[str, typer.Option(help="address of the alert endpoint")] = "127.0.0.1",
@@ -132,6 +162,32 @@ def serve(
         run_server(config_path(config), alerts_host=alerts_host, alerts_port=alerts_port)
     except RunbookError as exc:
         _fail(exc)
+
+
+@app.command()
+def alerts(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 in a container)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8787,
+) -> None:
+    """The alert endpoint alone: runs created for the workers (SIGHUP reloads, SIGTERM drains then exits 0)."""
+    prefect_defaults()  # never a home of its own: it starts no Prefect server
+    from commands.alerts_server import serve_alerts, use_local_auth_string
+    from runbook.config import config_path
+
+    use_local_auth_string()  # before Prefect is imported: PREFECT_API_URL may be a local `runbook serve`'s server
+    try:
+        serve_alerts(config_path(config), host=host, port=port)
+    except RunbookError as exc:
+        _fail(exc)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(ctx: typer.Context) -> None:
+    """Prefect's process worker that drains on SIGTERM (`runbook worker --pool runbook`): commands/worker.py."""
+    from commands.worker import main as worker_main
+
+    worker_main(ctx.args)
 
 
 @app.command("prefect-yaml")

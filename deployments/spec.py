@@ -117,7 +117,8 @@ def prefect_yaml(config: RunbookConfig, *, work_pool: str = WORK_POOL) -> str:
         "# then generate again. Deploy with a process work pool:\n"
         "#   prefect work-pool create runbook --type process\n"
         "#   RUNBOOK_CONFIG=$PWD/runbook.yaml RUNBOOK_PROJECT_DIR=$PWD prefect deploy --all\n"
-        "#   PREFECT_WORKER_QUERY_SECONDS=1 RUNBOOK_CONFIG=$PWD/runbook.yaml prefect worker start --pool runbook\n"
+        "#   PREFECT_WORKER_QUERY_SECONDS=1 PREFECT_CLIENT_MAX_RETRIES=30 RUNBOOK_CONFIG=$PWD/runbook.yaml \\\n"
+        "#     RUNBOOK_PROJECT_DIR=$PWD runbook worker --pool runbook   # Prefect's worker, draining on SIGTERM\n"
         "# with PREFECT_API_URL and PREFECT_API_AUTH_STRING of the server in both environments (README: Security).\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False, width=120)

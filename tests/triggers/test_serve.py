@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -11,7 +9,6 @@ import httpx
 
 from commands.serve import LocalServer
 from commands.warm import CLAIMED
-from sandbox.serving import ROOT, prefect_server, server_env
 from tests.support.prefect_api import api, create_run, wait_terminal
 from tests.support.served import Served
 
@@ -46,54 +43,6 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
         sandbox.github.run_step_seconds = 0.05
     assert states == ["CANCELLED", "COMPLETED"], states
     assert len(sandbox.github.dispatches()) == before + 1
-
-
-def test_prefect_deploy_all_with_a_process_work_pool(tmp_path: Any) -> None:
-    """`prefect deploy --all` from prefect.yaml works, and the form shows a person's fields only."""
-    with prefect_server(str(tmp_path / "server"), timeout=90) as server:
-        _deploy_all(server, tmp_path)
-
-
-def _deploy_all(server: LocalServer, tmp_path: Any) -> None:
-    # Its own server: deploying from the example configuration must not change the `served` deployments.
-    api_url = server.api_url
-    env = server_env(
-        str(tmp_path / "home"),
-        **server.client_env(),
-        RUNBOOK_CONFIG=str(ROOT / "runbook.example.yaml"),
-        RUNBOOK_PROJECT_DIR=str(ROOT),
-    )
-    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    pool = subprocess.run(
-        [*prefect, "work-pool", "create", "runbook", "--type", "process"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stdout + pool.stderr
-    deploy = subprocess.run(
-        [*prefect, "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    dep = api("GET", f"{api_url}/deployments/name/rollback/rollback", server.headers).json()
-    properties = dep["parameter_openapi_schema"]["properties"]
-    # The flow's module reads no configuration at import: `prefect deploy` gets plain, described text fields
-    # (`runbook serve` registers the configured names as choices: tests/triggers/test_ui.py).
-    assert properties["service"]["type"] == "string" and "enum" not in properties["service"]
-    assert "configured service" in properties["service"]["description"]
-    # Only a person's fields: what alerts and rehearsals pass goes another way.
-    assert set(properties) == {
-        "service", "environment", "sha", "reason", "incident", "dry_run", "require_approval",
-        "approval_timeout_seconds",
-    }  # fmt: skip
-    assert "last known good" in properties["sha"]["description"]
-    assert not {"config_path", "notify", "trigger"} & set(properties)  # the worker's, the runbook's to decide
-    rehearsal = api("GET", f"{api_url}/deployments/name/rehearsal/rehearsal-shop-staging", server.headers).json()
-    assert "config_path" not in rehearsal["parameter_openapi_schema"]["properties"]
-    assert rehearsal["parameters"]["mode"] == "drill" and rehearsal["work_pool_name"] == "runbook"
-    assert rehearsal["schedules"][0]["schedule"]["cron"] == "0 9 * * 2"
 
 
 def test_sigterm_lets_the_rollback_in_progress_finish_and_leaves_the_rehearsals_scheduled(
