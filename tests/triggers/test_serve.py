@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
 
-from commands.serve import LocalServer
 from commands.warm import CLAIMED
 from tests.support.prefect_api import api, create_run, wait_terminal
 from tests.support.served import Served
@@ -43,36 +41,3 @@ def test_two_concurrent_rollbacks_of_one_service_deploy_once(served: Served) -> 
         sandbox.github.run_step_seconds = 0.05
     assert states == ["CANCELLED", "COMPLETED"], states
     assert len(sandbox.github.dispatches()) == before + 1
-
-
-def test_sigterm_lets_the_rollback_in_progress_finish_and_leaves_the_rehearsals_scheduled(
-    prefect_api: LocalServer, tmp_path: Any
-) -> None:
-    """A stop (SIGTERM, as systemd or Kubernetes send) waits for the rollback under way; schedules stay on."""
-    import signal
-
-    from sandbox.process import free_port
-    from sandbox.serving import runbook_serve
-    from sandbox.world import Sandbox
-
-    with Sandbox(tmp_path / "sandbox", run_step_seconds=1.0) as sandbox:  # the workflow's run takes a few seconds
-        data = sandbox.config_data()
-        data["services"]["shop"]["environments"]["production"]["rehearsal"] = {"cron": "0 10 * * 1"}
-        config = sandbox.write_config(data, "drain.yaml")
-        with runbook_serve(prefect_api, config, tmp_path, port=free_port()) as serve:
-            served = Served(prefect_api, sandbox, "", serve.process, serve.log)
-            run_id = create_run(served, {"service": "shop", "environment": "production", "reason": "drain"})
-            deadline = time.monotonic() + 30
-            while not sandbox.github.dispatches() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert sandbox.github.dispatches(), serve.log.read_text()[-2000:]  # the deploy is under way
-            serve.process.send_signal(signal.SIGTERM)
-            code = serve.process.wait(timeout=60)
-            run = wait_terminal(served, run_id, timeout=5)  # ended before serve exited: no waiting here
-        assert code == 0, serve.log.read_text()[-2000:]
-        assert run["state"]["type"] == "COMPLETED", run["state"]
-        assert len(sandbox.github.dispatches()) == 1 and sandbox.app.version == sandbox.commits.last_known_good
-    rehearsal = api(
-        "GET", f"{prefect_api.api_url}/deployments/name/rehearsal/rehearsal-shop-production", prefect_api.headers
-    ).json()
-    assert rehearsal["paused"] is False and all(s["active"] for s in rehearsal["schedules"]), rehearsal

@@ -333,3 +333,31 @@ def test_runbook_alerts_refuses_to_start_saying_what_is_missing(the_team: Team) 
     assert "PREFECT_API_AUTH_STRING" in results["wrong auth"][1]
     assert "prefect deploy --all" in results["no deployment"][1] and "runbook serve" in results["no deployment"][1]
     print("runbook alerts refused to start: " + ", ".join(f"{case} {r[2]:.1f} s" for case, r in results.items()))
+
+
+def test_runbook_serve_on_the_team_s_server_drains_on_sigterm_and_leaves_the_rehearsals_scheduled(
+    the_team: Team, held_deploy: None, tmp_path: Path
+) -> None:
+    """Last: `runbook serve` registers the deployments its way, over `prefect deploy`'s. On PostgreSQL, a stop
+    (SIGTERM, as systemd or Kubernetes send it) waits for the rollback under way; the rehearsals stay scheduled."""
+    from commands.warm import CLAIMED
+    from sandbox.serving import runbook_serve
+
+    the_team.break_again()
+    data = the_team.sandbox.config_data()
+    data["services"][SERVICE]["environments"]["production"]["rehearsal"] = {"cron": "0 10 * * 1"}
+    config = the_team.sandbox.write_config(data, "serve.yaml")
+    before = the_team.dispatches()
+    with runbook_serve(the_team.server, config, tmp_path, port=free_port()) as serve:
+        run_id = the_team.create_run({**ROLLBACK, "reason": "serve drain"})
+        wait_for(lambda: the_team.dispatches() > before, timeout=30, what="the dispatch")  # the deploy under way
+        serve.process.send_signal(signal.SIGTERM)
+        code = serve.process.wait(timeout=60)
+        run = the_team.run(run_id)  # ended before serve exited: no waiting here
+    assert code == 0, serve.log.read_text()[-2000:]
+    assert run["state"]["type"] == "COMPLETED", (run["state"], serve.log.read_text()[-2000:])
+    states = api("GET", f"{the_team.api}/flow_run_states/?flow_run_id={run_id}", the_team.headers).json()
+    assert any((s["message"] or "").startswith(CLAIMED) for s in states), states  # serve ran it, no worker
+    assert the_team.dispatches() == before + 1
+    rehearsal = api("GET", f"{the_team.api}/deployments/name/rehearsal/rehearsal-shop-production", the_team.headers)
+    assert rehearsal.json()["paused"] is False and all(s["active"] for s in rehearsal.json()["schedules"])
