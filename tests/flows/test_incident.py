@@ -259,6 +259,21 @@ def _services_of(state: Any) -> list[str]:
     return [s["service"] for s in run.parameters["services"]]
 
 
+@pytest.fixture
+def no_hold_left_behind() -> Iterator[None]:
+    """The holds an alert's incident writes must not hold another test's alerts in this worker's session."""
+    from prefect.client.orchestration import get_client
+
+    from runbook import hold
+
+    yield
+    with get_client(sync_client=True) as client:
+        for service in ("api", "web"):
+            if client.read_variable_by_name(hold.variable_name(service, ENVIRONMENT)) is not None:
+                client.delete_variable_by_name(hold.variable_name(service, ENVIRONMENT))
+
+
+@pytest.mark.usefixtures("no_hold_left_behind")
 def test_an_alert_group_naming_two_services_starts_one_incident_even_sent_twice_to_two_replicas(
     world: ManyServicesSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,6 +107,15 @@ def release(sandbox: Sandbox, sha: str, *, service: str = SERVICE, reason: str =
     return CliRunner().invoke(app, [*arguments, "--config", str(sandbox.config_path)])
 
 
+@pytest.fixture(autouse=True)
+def no_hold_left_behind() -> Iterator[None]:
+    """The hold these tests write (an automatic rollback, or one written by hand) must not hold another file's
+    alerts later in this worker's session (one Prefect server per session)."""
+    yield
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_variable_by_name(hold.variable_name(SERVICE, ENVIRONMENT))
+
+
 def automatic_rollback(sandbox: Sandbox) -> State:
     """A rollback started by an alert (its run carries the alert, as the alert endpoint makes it), run here."""
     alert = AlertContext(name="HighErrorRate", starts_at=datetime.now(UTC), group_key="{}:{shop}", fingerprints=("f1",))
