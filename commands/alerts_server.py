@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from commands.serve import CLIENT_AUTH_SETTING, KEEP_ALIVE, bind_alert_port, local_auth_string
+from commands.serve import KEEP_ALIVE, bind_alert_port
 from runbook.alerts.decision import alert_settings
 from runbook.config import CONFIG_ENV_VAR, check_alert_token, load_config
 from runbook.errors import RunbookError
@@ -184,13 +184,3 @@ def _stop_quietly() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stopped)
-
-
-def use_local_auth_string() -> None:
-    """The auth string of the server `runbook serve` started on this machine, when PREFECT_API_URL is that one.
-
-    Before Prefect is imported (its settings are read then).
-    """
-    auth_string = local_auth_string(os.environ)
-    if auth_string:
-        os.environ[CLIENT_AUTH_SETTING] = auth_string

@@ -97,12 +97,10 @@ def rollback(
 ) -> None:
     """Run the rollback flow here and now (the Prefect UI and alerts use the deployments instead)."""
     prefect_defaults()
-    from commands.serve import CLIENT_AUTH_SETTING, local_auth_string
+    from commands.serve import use_local_auth_string
     from runbook.config import config_path, using_config
 
-    auth_string = local_auth_string(os.environ)  # PREFECT_API_URL is the server `runbook serve` started here
-    if auth_string:
-        os.environ[CLIENT_AUTH_SETTING] = auth_string
+    use_local_auth_string()  # PREFECT_API_URL is the server `runbook serve` started here
     with using_config(config_path(config)):
         state = _run_rollback(
             service=service, environment=environment, sha=sha, reason=reason, incident=incident, dry_run=dry_run
@@ -126,12 +124,10 @@ def release(
 ) -> None:
     """Lift the quarantine of a version rolled back from: the quarantine guard lets it be deployed again."""
     prefect_defaults()
-    from commands.serve import CLIENT_AUTH_SETTING, local_auth_string
+    from commands.serve import use_local_auth_string
     from runbook.config import config_path, using_config
 
-    auth_string = local_auth_string(os.environ)  # PREFECT_API_URL is the server `runbook serve` started here
-    if auth_string:
-        os.environ[CLIENT_AUTH_SETTING] = auth_string
+    use_local_auth_string()  # PREFECT_API_URL is the server `runbook serve` started here
     from flows.release import release as release_flow
 
     with using_config(config_path(config)):
@@ -172,7 +168,8 @@ def alerts(
 ) -> None:
     """The alert endpoint alone: runs created for the workers (SIGHUP reloads, SIGTERM drains then exits 0)."""
     prefect_defaults()  # never a home of its own: it starts no Prefect server
-    from commands.alerts_server import serve_alerts, use_local_auth_string
+    from commands.alerts_server import serve_alerts
+    from commands.serve import use_local_auth_string
     from runbook.config import config_path
 
     use_local_auth_string()  # before Prefect is imported: PREFECT_API_URL may be a local `runbook serve`'s server

@@ -119,6 +119,16 @@ def local_auth_string(env: Mapping[str, str]) -> str | None:
     return read_auth_file(file) if file.is_file() else None
 
 
+def use_local_auth_string() -> None:
+    """A client on this machine of the server `runbook serve` started here: its auth string, from its home.
+
+    Before Prefect is imported (its settings are read then); nothing when `local_auth_string` finds none.
+    """
+    auth_string = local_auth_string(os.environ)
+    if auth_string:
+        os.environ[CLIENT_AUTH_SETTING] = auth_string
+
+
 def read_auth_file(file: Path, *, create: bool = False) -> str:
     """The auth string kept in `file` (made, mode 0600, when `create` and missing); refused if others can read it."""
     if create:
