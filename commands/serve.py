@@ -248,7 +248,7 @@ def bind_alert_port(host: str, port: int) -> socket.socket:
 class AlertEndpoint:
     """The alert endpoint: uvicorn in a thread, on a socket bound beforehand, reconfigurable on reload."""
 
-    def __init__(self, config: RunbookConfig, sock: socket.socket, warm: WarmRuns, incidents: WarmRuns) -> None:
+    def __init__(self, config: RunbookConfig, sock: socket.socket, warm: WarmRuns) -> None:
         import uvicorn
 
         from commands.alert_endpoint import create_app
@@ -257,7 +257,7 @@ class AlertEndpoint:
         self.app = create_app(
             config,
             PrefectLauncher("rollback/rollback", hand_to=warm.run_owned, mark=warm.handed_mark),
-            incidents=IncidentLauncher(hand_to=incidents.run_owned, mark=incidents.handed_mark),
+            incidents=IncidentLauncher(hand_to=warm.run_owned, mark=warm.handed_mark),
         )
         # timeout_keep_alive: an idle connection is closed after it; a body is bounded by alert_endpoint.BODY_SECONDS.
         settings = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE)
@@ -299,13 +299,12 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
             runner = Runner(pause_on_shutdown=False)
             deployments = runner_deployments(config)
             registered = register(runner, deployments)  # before the endpoint answers: never a service they refuse
-            warm = WarmRuns(rollback, registered["rollback"])
-            warm_incidents = WarmRuns(incident, registered["incident"])
+            # Rollbacks and incidents: one poll reads both deployments' due runs.
+            warm = WarmRuns(rollback, registered["rollback"], more={registered["incident"]: incident})
             warm.start()
-            warm_incidents.start()
             keeper = ReadyKeeper()  # each service's way back, resolved ahead of its incident (runbook/ready.py)
             keeper.start()
-            endpoint = AlertEndpoint(config, sock, warm, warm_incidents) if sock is not None else None
+            endpoint = AlertEndpoint(config, sock, warm) if sock is not None else None
             if endpoint is not None:
                 endpoint.start()
                 print(f"alert endpoint: http://{alerts_host}:{alerts_port}/alerts/alertmanager (and /alerts/grafana)")
@@ -323,7 +322,7 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
             finally:
                 keeper.stop()
                 # The rollbacks and incidents in progress finish first (an incident's rollbacks are its own threads).
-                left = _drain_all((warm_incidents, warm), DRAIN_SECONDS)
+                left = warm.drain(timeout=DRAIN_SECONDS)
                 if left:
                     print(f"stopped with {len(left)} rollback run(s) still in progress: {left}", file=sys.stderr)
     finally:
@@ -360,17 +359,6 @@ def reload(runner: Any, endpoint: AlertEndpoint | None, lock: threading.Lock) ->
 
 #: The deployments whose runs `serve` executes warm, in its own threads (commands/warm.py), not by its runner.
 WARM_DEPLOYMENTS = ("rollback", "incident")
-
-
-def _drain_all(warm: tuple[WarmRuns, ...], seconds: float) -> list[Any]:
-    """Stop taking runs and wait for those in progress, all within `seconds`; the runs still going then."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    left: list[Any] = []
-    for runs in warm:
-        left += runs.drain(timeout=max(0.0, deadline - time.monotonic()))
-    return left
 
 
 def register(runner: Any, deployments: list[Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A served runner polls for scheduled runs (every second at best) and starts a new Python process per run
 (importing Prefect alone takes about a second): 2.5 to 4.5 s between an alert and the first deploy request.
-`WarmRuns` keeps the `rollback` flow imported in `runbook serve` and runs each rollback in a thread of it, with
+`WarmRuns` keeps the `rollback` flow (and `incident`, read by the same poll) imported in `runbook serve` and runs
+each rollback in a thread of it, with
 Prefect's own engine (`prefect.flow_engine.run_flow`: the same states, logs, task runs and artifacts as a run in
 its own process).
 
@@ -60,13 +61,15 @@ class WarmRuns:
         poll_seconds: float = POLL_SECONDS,
         max_runs: int = MAX_RUNS,
         orphan_seconds: float = ORPHAN_SECONDS,
+        more: dict[UUID, Any] | None = None,
     ) -> None:
+        """`flow`'s runs of `deployment_id`; `more`: other deployments' ids and their flows, read by the same poll."""
         nonce = uuid4().hex[:12]
         #: The PENDING messages of this process's runs: handed over by its alert endpoint, or claimed by it.
         self.handed_mark, self.claimed_mark = f"{HANDED_OVER} ({nonce})", f"{CLAIMED} ({nonce})"
         self._orphan_seconds = orphan_seconds
-        self._flow = flow
-        self._deployment_id = deployment_id
+        self._flows: dict[UUID, Any] = {deployment_id: flow, **(more or {})}
+        self._deployment_ids = list(self._flows)
         self._poll_seconds = poll_seconds
         self._pool = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="rollback-run")
         self._running: dict[UUID, Future[Any]] = {}
@@ -139,7 +142,7 @@ class WarmRuns:
         from prefect.flow_engine import run_flow
 
         try:
-            run_flow(self._flow, flow_run=flow_run, return_type="state")
+            run_flow(self._flows[flow_run.deployment_id], flow_run=flow_run, return_type="state")
         except Abort as exc:  # the server refused to let it run (another claimant, or it was cancelled)
             log.warning("rollback run %s not run here: %s", flow_run.id, exc)
         except Exception as exc:  # this process goes on serving; the run ends Failed, whatever stage it reached
@@ -152,23 +155,23 @@ class WarmRuns:
 
         with get_client(sync_client=True) as client:
             try:
-                _requeue_orphans(client, self._deployment_id, self._orphan_seconds)
+                _requeue_orphans(client, self._deployment_ids, self._orphan_seconds)
             except Exception as exc:  # never stops serving: those runs stay PENDING, as they were
                 log.warning("looking for rollback runs a stopped serve left PENDING failed: %s", exc)
             ticks = 0
             while not self._stopping.wait(self._poll_seconds):
                 ticks += 1
                 try:
-                    for flow_run in _due_runs(client, self._deployment_id):
+                    for flow_run in _due_runs(client, self._deployment_ids):
                         self.take(flow_run.id)
                     if ticks % ORPHAN_TICKS == 0:  # this process's own, left PENDING by a lost answer
                         own = (self.handed_mark, self.claimed_mark)
-                        _requeue_orphans(client, self._deployment_id, self._orphan_seconds, own, set(self.running))
+                        _requeue_orphans(client, self._deployment_ids, self._orphan_seconds, own, set(self.running))
                 except Exception as exc:  # the API may be down a moment: again at the next tick
                     log.warning("reading the rollback runs to start failed: %s: %s", type(exc).__name__, exc)
 
 
-def _due_runs(client: Any, deployment_id: UUID) -> list[Any]:
+def _due_runs(client: Any, deployment_ids: list[UUID]) -> list[Any]:
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterDeploymentId,
@@ -182,7 +185,7 @@ def _due_runs(client: Any, deployment_id: UUID) -> list[Any]:
 
     runs: list[Any] = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
             next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=now("UTC")),  # type: ignore[arg-type]
         ),
@@ -209,7 +212,7 @@ def _fail_unless_final(flow_run_id: UUID, exc: Exception) -> None:
 
 def _requeue_orphans(
     client: Any,
-    deployment_id: UUID,
+    deployment_ids: list[UUID],
     older_than: float,
     marks: tuple[str, ...] = (HANDED_OVER, CLAIMED),
     running: set[UUID] | None = None,
@@ -234,7 +237,7 @@ def _requeue_orphans(
 
     runs = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING])),
         ),
         limit=200,

@@ -43,9 +43,12 @@ def serving(
 ) -> Iterator[Served]:
     """`runbook serve` against `server` for the sandbox, until its deployments (and alert endpoint) are up.
 
-    `settings`: top-level sections of the configuration to set (e.g. `ready_target={...}`).
+    `settings`: top-level sections of the configuration to set (e.g. `ready_target={...}`). Without
+    `ready_target`, none is kept: the serves of a package share its Prefect server, and a ready target is one
+    Variable per service and environment (another serve's, made under its configuration, would not be used).
     """
     data = sandbox.config_data()
+    data["ready_target"] = {"enabled": False}
     data.update(settings)
     if alerts:
         data["alerts"] = {"token": {"env": "RUNBOOK_ALERT_TOKEN"}}
