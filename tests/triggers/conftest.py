@@ -13,7 +13,10 @@ from sandbox.world import Sandbox
 from tests.support.served import Served, serving
 
 
-@pytest.fixture(scope="package")
+# Session-scoped (each xdist worker's whole session), not package-scoped: `--dist loadfile` interleaves this
+# package's files with others on a worker, and a package-scoped server was stopped and started again each time
+# (about 12 s each, with `runbook serve` 4 s more).
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[LocalServer]:
     """A real `prefect server start` on SQLite, on a free port, wanting the auth string it made in its home."""
     home = tempfile.mkdtemp(prefix="runbook-server-")
@@ -21,7 +24,7 @@ def prefect_api() -> Iterator[LocalServer]:
         yield server
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def served(prefect_api: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("served")
     with Sandbox(workdir / "sandbox", run_step_seconds=0.05) as sandbox, serving(prefect_api, sandbox, workdir) as s:
