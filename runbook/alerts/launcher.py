@@ -291,8 +291,6 @@ class PrefectLauncher:
         )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
-        from prefect.exceptions import PrefectHTTPStatusError
-        from prefect.states import Pending
 
         deployment_id = await self._resolve_deployment(client)
         key = idempotency_key(request)
@@ -333,22 +331,15 @@ class PrefectLauncher:
             "reason": request.reason,
             "incident": request.link,
         }
-        # Handed over: created PENDING (no runner or worker picks that up), with this launcher's mark.
-        own: State[Any] | None = Pending(message=self.mark) if self.hand_to else None
-        try:
-            run = await client.create_flow_run_from_deployment(
-                deployment_id,
-                parameters=parameters,
-                context=request.alert_context().to_run_context(),
-                tags=["alert", request.service, request.environment],
-                idempotency_key=key,
-                state=own,
-            )
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 409:
-                raise
-            raise _refused_by_deployment(self.deployment_name, request, exc.response) from None
-        self._hand_over_if_ours(run)  # `runbook serve`: run at once, in its warm process
+        run = await self._create(
+            client,
+            deployment_id,
+            request,
+            parameters=parameters,
+            context=request.alert_context().to_run_context(),
+            tags=["alert", request.service, request.environment],
+            idempotency_key=key,
+        )
         logger.info(
             "created rollback run %s for %s/%s (alert %s)",
             run.id,
@@ -357,6 +348,28 @@ class PrefectLauncher:
             request.alert_fingerprint,
         )
         return _launch_of(run, created=True)
+
+    async def _create(
+        self, client: PrefectClient, deployment_id: UUID, request: RollbackRequest, **fields: Any
+    ) -> FlowRun:
+        """Create the run (`fields`: parameters, context, tags, idempotency key) and hand it over when ours.
+
+        Handed over: created PENDING (no runner or worker picks that up), with this launcher's mark, and run at
+        once in `runbook serve`'s warm process. Prefect's 409 (the deployment's schema refuses `request`'s
+        service or environment) is a LaunchError saying to reload.
+        """
+        from prefect.exceptions import PrefectHTTPStatusError
+        from prefect.states import Pending
+
+        own: State[Any] | None = Pending(message=self.mark) if self.hand_to else None
+        try:
+            run = await client.create_flow_run_from_deployment(deployment_id, state=own, **fields)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            raise _refused_by_deployment(self.deployment_name, request, exc.response) from None
+        self._hand_over_if_ours(run)
+        return run
 
     def _hand_over_if_ours(self, run: FlowRun) -> None:
         """Hand `run` over when it waits PENDING with this launcher's mark (the warm runs ignore one they run).
@@ -421,8 +434,6 @@ class IncidentLauncher(PrefectLauncher):
 
     async def _launch_incident(self, client: PrefectClient, request: IncidentRequest) -> Launch:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterIdempotencyKey
-        from prefect.exceptions import PrefectHTTPStatusError
-        from prefect.states import Pending
 
         deployment_id = await self._resolve_deployment(client)
         key = incident_idempotency_key(request)
@@ -439,21 +450,15 @@ class IncidentLauncher(PrefectLauncher):
         first = request.first
         services = [{"service": r.service, "environment": r.environment} for r in request.requests]
         alerts = {f"{r.service}/{r.environment}": r.alert_context() for r in request.requests}
-        own: State[Any] | None = Pending(message=self.mark) if self.hand_to else None
-        try:
-            run = await client.create_flow_run_from_deployment(
-                deployment_id,
-                parameters={"services": services, "reason": first.reason, "incident": first.link},
-                context={**first.alert_context().to_run_context(), **member_alerts_to_run_context(alerts)},
-                tags=["alert", "incident", *sorted({r.service for r in request.requests})],
-                idempotency_key=key,
-                state=own,
-            )
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code != 409:
-                raise
-            raise _refused_by_deployment(self.deployment_name, first, exc.response) from None
-        self._hand_over_if_ours(run)
+        run = await self._create(
+            client,
+            deployment_id,
+            first,
+            parameters={"services": services, "reason": first.reason, "incident": first.link},
+            context={**first.alert_context().to_run_context(), **member_alerts_to_run_context(alerts)},
+            tags=["alert", "incident", *sorted({r.service for r in request.requests})],
+            idempotency_key=key,
+        )
         logger.info("created incident run %s for %s (alert group %s)", run.id, request.key, first.group_key or "-")
         return _launch_of(run, created=True)
 
