@@ -923,6 +923,34 @@ def test_a_run_created_whose_answer_was_lost_is_still_handed_over_once(deploymen
     assert run(seen.launch(request_for(service, "production"))).run_id == launch.run_id and other == []
 
 
+def test_an_incident_created_whose_answer_was_lost_is_found_and_handed_over_once(prefect_server: None) -> None:
+    """The same for an alert group naming several services: one incident run, handed over once, found again."""
+    from prefect.client.orchestration import get_client
+
+    from flows.incident import incident
+    from runbook.alerts.launcher import IncidentLauncher, IncidentRequest
+
+    deployment = run(incident.to_deployment(name="alerts-test").aapply())  # type: ignore[union-attr]
+    services = [f"svc-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    request = IncidentRequest(tuple(request_for(service, "production") for service in services))
+    transport, handed = _LosesFirstCreateAnswer(), []
+    launcher = IncidentLauncher("incident/alerts-test", hand_to=handed.append, transport=transport)
+
+    launch = run(launcher.launch_incident(request))
+    repeat = run(IncidentLauncher("incident/alerts-test").launch_incident(request))  # another replica
+
+    assert transport.lost, "the create's answer was not lost: the test proves nothing"
+
+    async def created() -> list[Any]:
+        async with get_client() as client:
+            runs = await _runs(client, deployment)
+            return [r for r in runs if [s["service"] for s in r.parameters["services"]] == services]
+
+    [made] = run(created())
+    assert launch.run_id == str(made.id) and launch.state == "PENDING" and [r.id for r in handed] == [made.id]
+    assert (repeat.run_id, repeat.created) == (launch.run_id, False)
+
+
 def test_ended_rollback_is_not_repeated_but_a_new_incident_starts_one(deployment_id: uuid.UUID) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Completed
