@@ -31,7 +31,7 @@ from prefect.states import Cancelled
 from flows._member import Member, member
 from flows._slack import Board
 from flows.rollback import RollbackSummary, rollback, run_page_url
-from flows.trigger import current_alert, current_trigger
+from flows.trigger import current_alert, current_run_context, current_trigger
 from runbook import background, messages
 from runbook.clients import Scope
 from runbook.config import load_config
@@ -84,7 +84,7 @@ def incident(
     config = load_config()
     members = plan(config, parse_services(services))  # unknown or repeated services: fail before anything
     alert = current_alert()
-    alerts = member_alerts_from_run_context(_run_context())
+    alerts = member_alerts_from_run_context(current_run_context())
     now = utcnow()
     keys = [m.key for m in members.members]
     record = Journal(
@@ -118,15 +118,6 @@ def incident(
     roster = _Roster(members, board, alerts, reason, incident, earlier)
     rows = roster.run()
     return _end(record, board, rows, first.slack.language, mentions)
-
-
-def _run_context() -> dict[str, Any]:
-    """This run's context, where the alert endpoint puts each service's alert."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context else None
-    return dict(run.context or {}) if run is not None else {}
 
 
 def _end(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.context import FlowRunContext
 
@@ -55,9 +55,14 @@ def current_alert() -> AlertContext | None:
     member = current_member()
     if member is not None:
         return member.alert
+    return from_run_context(current_run_context())
+
+
+def current_run_context() -> dict[str, Any]:
+    """The context the run in progress was created with (where the alert endpoint puts alerts); {} outside one."""
     context = FlowRunContext.get()
     run = context.flow_run if context else None
-    return from_run_context(run.context) if run is not None else None
+    return dict(run.context or {}) if run is not None else {}
 
 
 def current_trigger(alert: AlertContext | None) -> Trigger:
