@@ -26,9 +26,7 @@ def registry_client(config: RunbookConfig) -> RegistryClient:
     credentials = registry_credentials(config)
     insecure = insecure_registries(config)
     # Where each password lives, so a 401 names the secret to check (never its value).
-    hints = {
-        r.host: f"{r.password.describe()} (registries[{r.host}].password)" for r in config.registries if r.password
-    }
+    hints = {r.host: r.password.describe() for r in config.registries if r.password}
     return RegistryClient(credentials=credentials, insecure_registries=insecure, secret_hint=hints)
 
 

@@ -624,6 +624,36 @@ def test_secret_hint_htpasswd_wrong_password(htpasswd_registry: RegistryServer) 
     assert all(WRONG_PASSWORD not in t and PASSWORD not in t for t in texts)
 
 
+def test_secret_hint_from_the_configuration_names_the_key_once(
+    htpasswd_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built from the configuration (as a run builds it): the secret's place and its key, each said once."""
+    from runbook.config import parse_config
+    from runbook.service_images import registry_client
+
+    host = htpasswd_registry.host
+    monkeypatch.setenv("SANDBOX_REGISTRY_PASSWORD", WRONG_PASSWORD)
+    production = {
+        "deploy": {"type": "webhook", "url": "http://127.0.0.1:9/deploys"},
+        "health": {"probes": [{"url": "http://127.0.0.1:9/health"}]},
+    }
+    service = {"repository": "acme/shop", "image": f"{host}/team/shop", "environments": {"production": production}}
+    config = parse_config(
+        {
+            "registries": [{"host": host, "username": USER, "password": {"env": "SANDBOX_REGISTRY_PASSWORD"}}],
+            "services": {"shop": service},
+        }
+    )
+    with registry_client(config) as c, pytest.raises(RegistryError) as info:
+        c.head_manifest(_ref(htpasswd_registry, "team/shop", "v1"))
+    hint = info.value.hint or ""
+    assert f"check the credentials in environment variable SANDBOX_REGISTRY_PASSWORD (registries[{host}].password)" in (
+        hint
+    )
+    assert hint.count("registries[") == 1, hint
+    assert WRONG_PASSWORD not in str(info.value)
+
+
 def test_secret_hint_token_service_refuses(
     token_server: TokenServer, token_registry: RegistryServer, token_images: dict[str, str]
 ) -> None:
