@@ -30,8 +30,8 @@ from prefect.states import Cancelled
 
 from flows._member import Member, member
 from flows._slack import Board
-from flows.rollback import RollbackSummary, rollback, run_page_url
-from flows.trigger import current_alert, current_run_context, current_trigger
+from flows.rollback import RollbackSummary, nothing_left_to_do, rollback, run_page_url
+from flows.trigger import completed_earlier, current_alert, current_run_context, current_trigger
 from runbook import background, messages
 from runbook.clients import Scope
 from runbook.config import load_config
@@ -83,6 +83,8 @@ def incident(
     hear_busy_soon()  # on SQLite, the services' rollbacks starting together meet "database is locked": 0.1 s, not 2 s
     config = load_config()
     members = plan(config, parse_services(services))  # unknown or repeated services: fail before anything
+    if done := completed_earlier():  # a Retry of an incident that already Completed: nothing to do again
+        return nothing_left_to_do(done, "incident")
     alert = current_alert()
     alerts = member_alerts_from_run_context(current_run_context())
     now = utcnow()

@@ -18,13 +18,13 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Completed
 from prefect.utilities.urls import url_for
 
 from flows._hold import deploy_starting, hold_alert, hold_period, previous_rollback
 from flows._member import current_member, recovered_now
 from flows._slack import Announcer, Board
-from flows.trigger import current_alert, current_trigger
+from flows.trigger import completed_earlier, current_alert, current_trigger
 from runbook import background, messages
 from runbook.approval import wait_for_approval
 from runbook.clients import Clients, Scope
@@ -103,6 +103,8 @@ def rollback(
     """
     config = load_config()
     scope = Scope.of(config, service, environment)  # unknown service or environment: fail before anything
+    if done := completed_earlier():  # a Retry of a run that already Completed: post, deploy and mark nothing
+        return nothing_left_to_do(done)
     alert = current_alert()  # a malformed alert context: fail before anything
     now = utcnow()
     journal = Journal(
@@ -157,6 +159,16 @@ def rollback(
         )
         slack = Announcer(clients.slack, journal, ctx, enabled=posts, board=board)
         return _run(_Rollback(scope, clients, journal, slack, options, lookups))
+
+
+def nothing_left_to_do(done: str, what: str = "rollback") -> State:
+    """What a Retry of a completed rollback (or incident) says, and all it does."""
+    message = (
+        f"nothing left to do: this {what} completed at {done}; it changes nothing now and posts nothing "
+        f"(its post-mortem and Slack thread are those of that attempt). To roll back again, start a new run."
+    )
+    get_run_logger().info(message)
+    return Completed(message=message)
 
 
 def _run(run: _Rollback) -> RollbackSummary:

@@ -70,3 +70,21 @@ def current_trigger(alert: AlertContext | None) -> Trigger:
     context = FlowRunContext.get()
     scheduled = bool(context and context.flow_run and context.flow_run.auto_scheduled)
     return derive_trigger(drill=_DRILL.get(), alert=alert is not None, scheduled=scheduled)
+
+
+def completed_earlier() -> str | None:
+    """For a Retry of a run that already Completed: when it did (`2026-11-30 14:03:12 UTC`); None otherwise.
+
+    Such a Retry has nothing left to do: the rollback it made is done, announced and recorded, and doing it again
+    would post the end and the GitHub statuses twice (or roll back further). Only the first attempt reads nothing.
+    """
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None or (ctx.flow_run.run_count or 1) <= 1:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(ctx.flow_run.id)
+    done = [s.timestamp for s in states if s.type == StateType.COMPLETED and s.timestamp is not None]
+    return f"{min(done):%Y-%m-%d %H:%M:%S} UTC" if done else None

@@ -186,6 +186,26 @@ def test_a_retry_after_a_crash_mid_deploy_follows_the_run_and_dispatches_nothing
     assert "found again: run " in postmortem_of(state)
 
 
+def test_a_retry_of_a_completed_rollback_changes_and_posts_nothing(sandbox: Sandbox) -> None:
+    first = run(sandbox)
+    assert first.is_completed(), first.message
+    flow_run_id = first.state_details.flow_run_id
+    said = sandbox.slack.requests  # calls per Slack method
+    statuses = [len(d["statuses"]) for d in sandbox.github.deployments(REPOSITORY, ENVIRONMENT)]
+
+    # The UI's Retry of a run that already Completed.
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, AwaitingRetry(), force=True)
+        flow_run = client.read_flow_run(flow_run_id)
+    with using_config(sandbox.config_path):
+        state = run_flow(rollback, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+
+    assert sandbox.slack.requests == said  # no "Rollback terminé" again, no root update
+    assert [len(d["statuses"]) for d in sandbox.github.deployments(REPOSITORY, ENVIRONMENT)] == statuses
+    assert state.is_completed() and state.message.startswith("nothing left to do: this rollback completed at ")
+    assert len(sandbox.github.dispatches()) == 1 and sandbox.app.version == sandbox.commits.last_known_good
+
+
 def test_a_new_run_after_a_crash_follows_what_is_in_flight(sandbox: Sandbox) -> None:
     _start_and_kill_during_deploy(sandbox)
 
