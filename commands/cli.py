@@ -1,5 +1,5 @@
 """The `runbook` command: `serve`, `rollback`, `release`, `alerts`, `worker`, `check-config`, `prefect-yaml` (the demo
-is `python -m sandbox`)."""
+is `python -m sandbox`); `status` and `history` read what Prefect keeps about the rollbacks (commands/status.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from runbook.errors import RunbookError
 
 if TYPE_CHECKING:  # for annotations only: like the commands, import runbook.config when it is used
+    from commands.serve import PrefectHere
     from runbook.config import RunbookConfig, SecretRef
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The production-rollback runbook, on Prefect.")
@@ -93,19 +94,49 @@ def rollback(
     reason: Annotated[str, typer.Option(help="why, in a few words")] = "",
     incident: Annotated[str | None, typer.Option(help="incident id or link")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="resolve and verify only; change nothing")] = False,
+    require_approval: Annotated[
+        bool,
+        typer.Option("--require-approval", help="pause before deploying until a person approves in the Prefect UI"),
+    ] = False,
+    approval_timeout: Annotated[
+        int, typer.Option(min=1, help="with --require-approval: seconds to wait for it; then nothing is deployed")
+    ] = 900,
     config: ConfigOption = None,
 ) -> None:
     """Run the rollback flow here and now (the Prefect UI and alerts use the deployments instead)."""
     prefect_defaults()
-    from commands.serve import use_local_auth_string
+    from commands.serve import use_prefect_here
     from runbook.config import config_path, using_config
 
-    use_local_auth_string()  # PREFECT_API_URL is the server `runbook serve` started here
+    here = use_prefect_here()  # PREFECT_API_URL, else the server of a `runbook serve` here, else a temporary one
     with using_config(config_path(config)):
         state = _run_rollback(
-            service=service, environment=environment, sha=sha, reason=reason, incident=incident, dry_run=dry_run
+            service=service,
+            environment=environment,
+            sha=sha,
+            reason=reason,
+            incident=incident,
+            dry_run=dry_run,
+            require_approval=require_approval,
+            approval_timeout_seconds=approval_timeout,
         )
+    _say_where(state, here, service, environment)
     raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _say_where(state: Any, here: PrefectHere, service: str, environment: str) -> None:
+    """After a run from the shell: how it ended, where the run and its post-mortem are kept, how to see them."""
+    from prefect.utilities.urls import url_for
+
+    run_id = state.state_details.flow_run_id
+    ended = f"{state.name}: {state.message}" if state.message else state.name
+    typer.echo(f"rollback of {service}/{environment}: {ended}")
+    typer.echo(
+        f"run {run_id} and its post-mortem (artifact rollback-{service}-{environment}) are kept in {here.described}"
+    )
+    link = url_for("flow-run", obj_id=run_id) if here.api_url else None
+    see = f"runbook history --service {service} --environment {environment}"
+    typer.echo(f"see them: {see}" + (f", or {link}" if link else ", or `runbook serve` and its UI"))
 
 
 def _run_rollback(**parameters: Any) -> Any:
@@ -124,10 +155,10 @@ def release(
 ) -> None:
     """Lift the quarantine of a version rolled back from: the quarantine guard lets it be deployed again."""
     prefect_defaults()
-    from commands.serve import use_local_auth_string
+    from commands.serve import use_prefect_here
     from runbook.config import config_path, using_config
 
-    use_local_auth_string()  # PREFECT_API_URL is the server `runbook serve` started here
+    use_prefect_here()  # PREFECT_API_URL, else the server of a `runbook serve` here, else a temporary one
     from flows.release import release as release_flow
 
     with using_config(config_path(config)):
@@ -146,6 +177,9 @@ def serve(
     config: ConfigOption = None,
     alerts_host: Annotated[str, typer.Option(help="address of the alert endpoint")] = "127.0.0.1",
     alerts_port: Annotated[int, typer.Option(help="port of the alert endpoint")] = 8787,
+    prefect_port: Annotated[
+        int, typer.Option(help="port of the Prefect server (UI and API) started here when PREFECT_API_URL is not set")
+    ] = 4200,
 ) -> None:
     """Serve the rollback and rehearsal deployments and the alert endpoint (Ctrl-C stops)."""
     from commands.serve import SERVE_HOME  # not Prefect: its settings are read at import, after these defaults
@@ -155,7 +189,7 @@ def serve(
     from runbook.config import config_path
 
     try:
-        run_server(config_path(config), alerts_host=alerts_host, alerts_port=alerts_port)
+        run_server(config_path(config), alerts_host=alerts_host, alerts_port=alerts_port, prefect_port=prefect_port)
     except RunbookError as exc:
         _fail(exc)
 
@@ -185,6 +219,73 @@ def worker(ctx: typer.Context) -> None:
     from commands.worker import main as worker_main
 
     worker_main(ctx.args)
+
+
+ServiceFilter = Annotated[str | None, typer.Option("--service", help="one configured service (default: all)")]
+EnvironmentFilter = Annotated[str | None, typer.Option("--environment", help="one environment (default: all)")]
+
+
+@app.command()
+def status(
+    service: ServiceFilter = None,
+    environment: EnvironmentFilter = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts (shape above)")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Per service and environment: the version running and where that was read, the ready rollback target (the
+    version a rollback would go to now, its digest, its age) and the last 3 rollbacks.
+
+    Read from the Prefect API `rollback` uses (PREFECT_API_URL, else a `runbook serve` here, else its database):
+    the ready-target Variable and the rollback runs with their post-mortems.
+
+    --json prints {"services": [{"service", "environment", "running": {"sha", "source", "read_at"} or null,
+    "ready_target_enabled", "ready_target": {"sha", "title", "source", "image", "digest", "prepared_at",
+    "age_seconds", "stale", ...} or null, "last_rollbacks": [a rollback as in `runbook history --json`]}]}.
+    An unknown service or environment exits 2.
+    """
+    where = _reach_prefect()
+    from commands.status import show_status
+    from runbook.config import load_config
+
+    try:
+        typer.echo(show_status(load_config(config), service, environment, where, as_json=as_json), nl=False)
+    except RunbookError as exc:
+        _fail(exc)
+
+
+@app.command()
+def history(
+    service: ServiceFilter = None,
+    environment: EnvironmentFilter = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="how many, newest first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts (shape above)")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The rollbacks, newest first (each service of an incident is one): when, service/environment, trigger,
+    from -> to, outcome, time to recovery (TTR), the run's link.
+
+    --json prints {"rollbacks": [{"run_id", "run_name", "run_url", "service", "environment", "started_at",
+    "ended_at" (ISO 8601, UTC), "state" (Prefect's), "outcome" (recovered, failed, dry-run, held, cancelled,
+    waiting for approval, running...), "failed_step", "failure", "trigger", "reason", "incident", "incident_run"
+    (the incident run's id), "from_sha", "to_sha", "digest", "time_to_recovery" (seconds)}]}; absent facts are
+    null. An unknown service or environment exits 2.
+    """
+    where = _reach_prefect()
+    from commands.status import show_history
+    from runbook.config import load_config
+
+    try:
+        typer.echo(show_history(load_config(config), service, environment, limit, where, as_json=as_json), nl=False)
+    except RunbookError as exc:
+        _fail(exc)
+
+
+def _reach_prefect() -> str:
+    """The Prefect API `rollback` and `release` use (`use_prefect_here`), before Prefect is imported; said how."""
+    prefect_defaults()
+    from commands.serve import use_prefect_here
+
+    return use_prefect_here().described
 
 
 @app.command("prefect-yaml")

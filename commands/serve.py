@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 import signal
@@ -62,6 +63,10 @@ ALERT_BACKLOG = 128
 SERVE_HOME = ".runbook/prefect"
 #: In PREFECT_HOME: the auth string of the local server, when the environment gives none.
 AUTH_FILE = "runbook-api-auth-string"
+#: In PREFECT_HOME, while `runbook serve` runs its own Prefect server: where it answers, for the commands here.
+SERVER_FILE = "runbook-server.json"
+#: The port of the Prefect server `runbook serve` starts when PREFECT_API_URL is not set (`--prefect-port`).
+PREFECT_PORT = 4200
 #: Where the server reads the auth string it wants; where Prefect's clients read the one they send.
 SERVER_AUTH_SETTING = "PREFECT_SERVER_API_AUTH_STRING"
 CLIENT_AUTH_SETTING = "PREFECT_API_AUTH_STRING"
@@ -127,6 +132,76 @@ def use_local_auth_string() -> None:
     auth_string = local_auth_string(os.environ)
     if auth_string:
         os.environ[CLIENT_AUTH_SETTING] = auth_string
+
+
+@dataclass(frozen=True)
+class PrefectHere:
+    """The Prefect API a command run on this machine (`rollback`, `release`, `status`, `history`) talks to."""
+
+    #: None: no server is named or running; Prefect starts a temporary one over `home`'s database for the command.
+    api_url: str | None
+    #: PREFECT_HOME: where that temporary server keeps the runs (the home `runbook serve` shows them from).
+    home: Path
+    #: Where the runs and their post-mortems are kept, said to the person.
+    described: str
+
+
+def prefect_here(env: Mapping[str, str]) -> PrefectHere:
+    """PREFECT_API_URL when set; else the server a `runbook serve` of this home runs now; else a temporary one.
+
+    Without either, Prefect starts a temporary server for the command (several seconds more) over `$PREFECT_HOME`,
+    by default `.runbook/prefect/`, the home `runbook serve` starts its own server on: the runs are kept there,
+    and `runbook serve` then shows them in its UI.
+    """
+    home = Path(env.get("PREFECT_HOME") or SERVE_HOME).expanduser()
+    configured = env.get("PREFECT_API_URL")
+    if configured:
+        return PrefectHere(configured, home, f"the Prefect server at {configured.removesuffix('/api')}")
+    running = _served_from(home / SERVER_FILE)
+    if running is not None:
+        return PrefectHere(running, home, f"the Prefect server of `runbook serve` at {running.removesuffix('/api')}")
+    return PrefectHere(
+        None,
+        home,
+        f"{home / 'prefect.db'} (a temporary Prefect server for this command; `runbook serve` shows them in its UI)",
+    )
+
+
+def use_prefect_here() -> PrefectHere:
+    """`prefect_here` applied to this process, before Prefect is imported (its settings are read then)."""
+    here = prefect_here(os.environ)
+    if here.api_url is not None:
+        os.environ["PREFECT_API_URL"] = here.api_url
+        use_local_auth_string()
+    else:
+        os.environ["PREFECT_HOME"] = str(here.home.resolve())
+    return here
+
+
+def _served_from(file: Path) -> str | None:
+    """The API URL a running `runbook serve` wrote in `file`, if its process is alive and the API answers."""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        os.kill(int(record["pid"]), 0)
+        api = str(record["api_url"])
+        if httpx.get(f"{api}/health", timeout=1).status_code == 200:
+            return api
+    except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError):
+        pass
+    return None
+
+
+@contextmanager
+def server_announced(home: Path, api_url: str) -> Iterator[Path]:
+    """While `runbook serve` runs its own server: `home`/runbook-server.json says where (the commands here use it)."""
+    file = home / SERVER_FILE
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump({"api_url": api_url, "pid": os.getpid()}, out)
+    try:
+        yield file
+    finally:
+        file.unlink(missing_ok=True)
 
 
 def read_auth_file(file: Path, *, create: bool = False) -> str:
@@ -274,7 +349,9 @@ class AlertEndpoint:
         reconfigure(self.app, config)
 
 
-def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int = 8787) -> None:
+def serve(
+    config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int = 8787, prefect_port: int = PREFECT_PORT
+) -> None:
     """Serve the deployments (and the alert endpoint) until interrupted; SIGHUP reloads the configuration."""
     os.environ[CONFIG_ENV_VAR] = str(config_path.resolve())
     for key, value in POLL_SETTINGS.items():
@@ -282,7 +359,7 @@ def serve(config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int
     config = load_config()  # a bad file stops here, with its message, before anything starts
     sock = bind_alert_port(alerts_host, alerts_port) if config.alerts is not None else None  # so does a taken port
     try:
-        with _api() as api:
+        with _api(prefect_port) as api:
             os.environ["PREFECT_API_URL"] = api
             from prefect.exceptions import TerminationSignal
             from prefect.runner import Runner
@@ -377,12 +454,12 @@ def register(runner: Any, deployments: list[Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _api() -> Iterator[str]:
+def _api(port: int = PREFECT_PORT) -> Iterator[str]:
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         yield configured
         return
-    with local_prefect_server() as server:
+    with local_prefect_server(port=port) as server, server_announced(private_home(os.environ), server.api_url):
         # Before Prefect is imported: its settings are read then. The runner's flow-run processes inherit it.
         os.environ[CLIENT_AUTH_SETTING] = server.auth_string
         where = f"the auth string in {server.auth_file}" if server.auth_file else "the environment's auth string"

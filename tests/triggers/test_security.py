@@ -4,7 +4,12 @@ no silence and no trigger (real `prefect server start`, real `runbook serve`, th
 from __future__ import annotations
 
 import base64
+import json
+import os
+import re
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +19,14 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import PrefectHTTPStatusError
 
-from commands.serve import AUTH_FILE, LocalServer, local_auth_string, server_auth_string
+from commands.serve import AUTH_FILE, LocalServer, local_auth_string, prefect_here, server_announced, server_auth_string
 from flows.trigger import derive_trigger
 from runbook.errors import RunbookError
 from sandbox.serving import server_env
 from tests.support.prefect_api import api, create_run, wait_terminal
 from tests.support.served import Served
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _basic(auth_string: str) -> dict[str, str]:
@@ -120,3 +127,56 @@ def test_a_server_that_refuses_the_auth_string_is_never_taken_for_the_one_starte
     assert own_server_answers(prefect_api.api_url, prefect_api.auth_string, host, port)
     with pytest.raises(RunbookError, match="served by another Prefect server"):
         own_server_answers(prefect_api.api_url, "runbook:another-server-s-string", host, port)
+
+
+# --- which server a command run here talks to (`runbook rollback`, `release`, `status`, `history`) ---------------
+
+
+def test_a_command_here_uses_the_server_serve_runs_else_keeps_its_runs_where_serve_shows_them(
+    prefect_api: LocalServer, tmp_path: Path
+) -> None:
+    env = {"PREFECT_HOME": str(tmp_path)}
+    alone = prefect_here(env)  # no `runbook serve` here: Prefect's temporary server, over this home's database
+    assert alone.api_url is None and alone.home == tmp_path
+    assert f"{tmp_path / 'prefect.db'} (a temporary Prefect server" in alone.described
+
+    with server_announced(tmp_path, prefect_api.api_url) as file:  # as `runbook serve` does while it runs
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+        found = prefect_here(env)
+        assert found.api_url == prefect_api.api_url
+        assert found.described == f"the Prefect server of `runbook serve` at {prefect_api.api_url.removesuffix('/api')}"
+        assert prefect_here({**env, "PREFECT_API_URL": "https://prefect.example.com/api"}).api_url == (
+            "https://prefect.example.com/api"  # the one named wins
+        )
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        file.write_text(json.dumps({"api_url": prefect_api.api_url, "pid": gone.pid}))  # a `serve` killed -9
+        assert prefect_here(env).api_url is None
+    assert not file.exists()  # removed when `serve` stops
+
+
+def test_runbook_rollback_in_the_shell_runs_on_serves_server_and_says_where_the_run_is(
+    served: Served, prefect_api: LocalServer
+) -> None:
+    assert prefect_api.auth_file is not None
+    home = prefect_api.auth_file.parent  # the home of the server: its auth string is read there
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "PREFECT_UI_"))}
+    command = [sys.executable, "-m", "commands.cli", "rollback", "--service", "shop", "--environment", "production"]
+    command += ["--dry-run", "--config", str(served.sandbox.config_path)]
+    with server_announced(home, prefect_api.api_url):
+        done = subprocess.run(
+            command, env={**env, "PREFECT_HOME": str(home)}, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ui = prefect_api.api_url.removesuffix("/api")
+    said = done.stdout.splitlines()
+    assert said[-3] == "rollback of shop/production: Completed", said
+    match = re.fullmatch(
+        r"run (\S+) and its post-mortem \(artifact rollback-shop-production\) are kept in (.+)", said[-2]
+    )
+    assert match and match[2] == f"the Prefect server of `runbook serve` at {ui}", said
+    assert said[-1] == (
+        f"see them: runbook history --service shop --environment production, or {ui}/runs/flow-run/{match[1]}"
+    )
+    run = api("GET", f"{prefect_api.api_url}/flow_runs/{match[1]}", prefect_api.headers).json()
+    assert run["state"]["type"] == "COMPLETED" and run["parameters"]["dry_run"] is True
