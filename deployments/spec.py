@@ -9,7 +9,8 @@
 - `release`: lifts the quarantine of a version rolled back from (flows/release.py), from the UI or
   `runbook release`.
 - `rehearsal-<service>-<environment>`: one per configured environment with a `rehearsal` schedule;
-  `drill` where the environment is marked `staging: true`, `preflight` (changes nothing) elsewhere.
+  `drill` where the environment is marked `staging: true`, `preflight` (changes nothing) elsewhere; the
+  schedule's `notify` (on-problem, always, never) is the runs' `notify` parameter: when Slack gets the report.
 """
 
 from __future__ import annotations
@@ -79,8 +80,15 @@ def deployment_specs(config: RunbookConfig) -> list[DeploymentSpec]:
                 DeploymentSpec(
                     name=f"rehearsal-{service_name}-{env_name}",
                     entrypoint=REHEARSAL_ENTRYPOINT,
-                    description=f"Weekly rollback rehearsal ({mode}) of {service_name} in {env_name}.",
-                    parameters={"service": service_name, "environment": env_name, "mode": mode},
+                    description=f"Scheduled rollback rehearsal ({mode}) of {service_name} in {env_name}; "
+                    f"Slack report: {env.rehearsal.notify}.",
+                    # notify as a parameter of the scheduled runs: the deployment shows when Slack is told.
+                    parameters={
+                        "service": service_name,
+                        "environment": env_name,
+                        "mode": mode,
+                        "notify": env.rehearsal.notify,
+                    },
                     cron=env.rehearsal.cron,
                     timezone=env.rehearsal.timezone,
                     tags=("runbook", "rehearsal"),

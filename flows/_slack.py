@@ -4,9 +4,12 @@ Every method of `Announcer` returns at once: the message joins the run's deliver
 (started as in runbook/background.py, with the run's context: Prefect's run context and logger work there) that
 runs the notify tasks (tasks/notify.py) one after the other, in the order they were asked for. The root comes
 first; each reply waits for it and goes in its thread; the root's status updates follow in order; the end comes
-last. What Slack did not take for a passing reason (down, hanging, 5xx, 429) is tried again (runbook/slack.py)
-for as long as the run goes on; `close`, at the run's end, waits for the lane at most `slack.delivery_seconds`,
-then gives up on the rest: one warning each in the journal, so the post-mortem says what never reached Slack.
+last. A long step's progress (`Announcer.progress`) rewrites the root's status too, at most every
+`slack.progress_seconds`: best effort (kept out of the journal, skipped once a later status is asked, never asked
+after the final one). What Slack did not take for a passing reason (down, hanging, 5xx, 429) is tried again
+(runbook/slack.py) for as long as the run goes on; `close`, at the run's end, waits for the lane at most
+`slack.delivery_seconds`, then gives up on the rest: one warning each in the journal, so the post-mortem says what
+never reached Slack.
 
 Why one thread rather than Prefect task futures chained with `wait_for`: a reply is sent with its root's
 outcome whatever it was (a future chained after a failed root would not run), and whatever is left is given up
@@ -17,6 +20,7 @@ posting the root or the rollback's start twice.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -28,6 +32,7 @@ from prefect import get_run_logger
 
 from runbook import background, messages
 from runbook.journal import Journal, describe_error
+from runbook.progress import Progress
 from runbook.slack import Deadline, Posted, SlackPoster
 from tasks.notify import notify_incident, notify_outcome, notify_reply, notify_rollback_started, notify_status
 
@@ -77,6 +82,7 @@ class _Letter:
     send: Send
     root: bool = False  # the thread's root: its outcome is what the letters after it are sent with
     update: bool = False  # an update of the root: nothing to send without one (webhook, or never posted)
+    progress: bool = False  # a long step's progress: skipped once a later update is asked, kept out of the journal
 
 
 class _Lane:
@@ -86,17 +92,19 @@ class _Lane:
         self._record = record
         self._root = root
         self._until = Deadline()
-        self._letters: queue.SimpleQueue[_Letter | None] = queue.SimpleQueue()
+        self._letters: queue.SimpleQueue[tuple[_Letter, int] | None] = queue.SimpleQueue()
         self._waiting: deque[_Letter] = deque()  # added, neither delivered nor given up
         self._lock = threading.Lock()  # the journal is written by one side at a time, never by the lane once closed
         self._closed = False
         self._webhook_warned = False
+        self._updates = 0  # update letters added so far: a progress letter with a later one is out of date
         self._worker = background.start("slack-delivery", self._work)
 
     def add(self, letter: _Letter) -> None:
-        with self._lock:
+        with self._lock:  # the queue in the order of `_waiting`
             self._waiting.append(letter)
-        self._letters.put(letter)
+            self._updates += letter.update
+            self._letters.put((letter, self._updates))
 
     def close(self, seconds: float) -> None:
         """Wait at most `seconds` for what was added; give the rest up (a warning each); the lane sends no more."""
@@ -109,19 +117,24 @@ class _Lane:
             self._waiting.clear()
         self._until.stop()  # the lane skips whatever it had not started; a call under way ends with its timeout
         for letter in left:
-            self._record.warn(
-                f"Slack: {letter.name} not delivered: not taken by Slack {seconds:g} s after the run's end (given up)"
-            )
+            if not letter.progress:
+                self._record.warn(
+                    f"Slack: {letter.name} not delivered: not taken by Slack {seconds:g} s after the run's end "
+                    "(given up)"
+                )
 
     def _work(self) -> None:
-        while (letter := self._letters.get()) is not None:
-            self._settle(letter, self._send(letter))
+        while (queued := self._letters.get()) is not None:
+            letter, updates = queued
+            self._settle(letter, self._send(letter, updates))
 
-    def _send(self, letter: _Letter) -> Posted | None:
+    def _send(self, letter: _Letter, updates: int) -> Posted | None:
         while not letter.root and not self._root.settled and not self._until.over:
             self._root.wait(0.25)  # a root another lane delivers (an incident's thread): its outcome first
         if letter.update and not self._root.known.threaded:
             return None  # as before the lane: no root to update, nothing to say
+        if letter.progress and self._updates > updates:
+            return None  # a later update (progress, or the final status) rewrites the root anyway
         if self._until.over:
             return _TIME_UP
         try:
@@ -137,7 +150,7 @@ class _Lane:
             self._waiting.popleft()
             if letter.root:
                 self._root.settle(posted or _NOTHING)
-            if posted is not None:
+            if posted is not None and not letter.progress:
                 self._kept(posted, letter)
 
     def _kept(self, posted: Posted, letter: _Letter) -> None:
@@ -179,6 +192,10 @@ class Announcer:
         self._lane: _Lane | None = None  # started with the first message
         self._announced = False
         self._closed = False
+        self._sha: str | None = None  # rolling back to it: the status a step's progress is shown in
+        self._progressing = threading.Lock()  # a progress update, or the end of them (`_over`), at a time
+        self._progress_at = -math.inf  # when the last progress update was asked for
+        self._over = False  # the final status was asked for (or the run ended): no progress update after it
 
     @property
     def thread(self) -> Root:
@@ -210,6 +227,7 @@ class Announcer:
     def rollback_started(self, sha: str, compare_url: str | None) -> None:
         """Seed message 2, and the root's status: rolling back to SHA."""
         if self._enabled:
+            self._sha = sha
             self._status(messages.status_rolling_back(self._ctx, sha), "rolling back")
             text = self._named(messages.rollback_started_message(self._ctx, sha, compare_url))
             self._reply("the rollback start", "rollback start posted", text, notify_rollback_started)
@@ -217,6 +235,7 @@ class Announcer:
     def recovered(self, sha: str, digest: str, seconds: float, deploy_url: str | None) -> None:
         """Seed message 3, broadcast, and the root's status: recovered in N s."""
         if self._enabled:
+            self._no_more_progress()
             self._status(messages.status_recovered(self._ctx, sha, seconds), "recovered")
             text = self._named(messages.recovered_message(self._ctx, sha, digest, seconds, deploy_url))
             self._reply("the end message", self._end_done("end posted"), text, self._outcome_task)
@@ -225,15 +244,40 @@ class Announcer:
         """The escalation, broadcast, and the root's status: failed at step X (the incident told first if need be)."""
         if self._enabled:
             self.incident()
+            self._no_more_progress()
             self._status(messages.status_failed(self._ctx, step), "failed")
             text = self._named(messages.failure_message(self._ctx, step, reason))
             self._reply("the escalation", self._end_done("escalation posted"), text, self._outcome_task)
+
+    def progress(self, update: Progress) -> None:
+        """How far a long step is (runbook/progress.py), in the root's status (an incident's: this service's line).
+
+        The first update once the step has lasted `slack.progress_seconds`, then at most that often: a fast
+        rollback posts what it did without it. Never after the final status (recovered, failed) was asked for.
+        Called in the step's loop: it only asks the lane, which delivers.
+        """
+        every = self._slack.settings.progress_seconds
+        if not self._enabled or every <= 0 or update.seconds < every or self._sha is None:
+            return
+        with self._progressing:
+            now = time.monotonic()
+            if self._over or now - self._progress_at < every:
+                return
+            self._progress_at = now
+            detail = update.text(self._ctx.language)
+            self._status(messages.status_progress(self._ctx, self._sha, detail), "progress", progress=True)
+
+    def _no_more_progress(self) -> None:
+        """The final status comes next: a progress update asked for later would be delivered after it."""
+        with self._progressing:
+            self._over = True
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for everything asked for to be delivered, at most `timeout` s (default `slack.delivery_seconds`).
 
         What is left then is given up, each message a warning in the journal; nothing is sent afterwards.
         """
+        self._no_more_progress()
         if self._closed:
             return
         self._closed = True
@@ -256,16 +300,29 @@ class Announcer:
     def _root_text(self, status: str | None) -> str:
         return messages.incident_message(self._ctx, status)
 
-    def _status(self, status: str, label: str) -> None:
+    def _status(self, status: str, label: str, progress: bool = False) -> None:
         if self._board is not None:
-            self._board.member_status(f"{self._ctx.service}/{self._ctx.environment}", status, label)
+            self._board.member_status(f"{self._ctx.service}/{self._ctx.environment}", status, label, progress)
             return
         text = self._root_text(status)
-        self._reply(f"the root's status ({label})", f"root status: {label}", text, notify_status, update=True)
+        name, done = f"the root's status ({label})", f"root status: {label}"
+        self._reply(name, done, text, notify_status, update=True, progress=progress)
 
-    def _reply(self, name: str, done: str, text: str, task: Callable[..., Posted], update: bool = False) -> None:
+    def _reply(
+        self,
+        name: str,
+        done: str,
+        text: str,
+        task: Callable[..., Posted],
+        update: bool = False,
+        progress: bool = False,
+    ) -> None:
         """A message about the root (a reply in its thread, or its update): sent once the root's delivery is over."""
-        self._ask(_Letter(name, done, lambda root, until: task(self._slack, root, text, until), update=update))
+        self._ask(
+            _Letter(
+                name, done, lambda root, until: task(self._slack, root, text, until), update=update, progress=progress
+            )
+        )
 
     def _ask(self, letter: _Letter) -> None:
         if self._closed:
@@ -314,8 +371,11 @@ class Board(Announcer):
     def language(self) -> messages.Language:
         return self._ctx.language
 
-    def member_status(self, key: str, status: str, label: str) -> None:
-        """A service's (`service/environment`) status changed: the root is rewritten with every service's."""
+    def member_status(self, key: str, status: str, label: str, progress: bool = False) -> None:
+        """A service's (`service/environment`) status changed: the root is rewritten with every service's.
+
+        `progress`: how far the service's long step is (best effort: see `Announcer.progress`).
+        """
         with self._asking:
             self._statuses[key] = status
             if self._announced:  # before the root is asked for, its text will carry this status
@@ -326,6 +386,7 @@ class Board(Announcer):
                     text,
                     notify_status,
                     update=True,
+                    progress=progress,
                 )
 
     def incident(self) -> None:

@@ -29,7 +29,7 @@ from runbook.probes import run_health_check
 from tasks.deploy import preflight_deploy
 from tasks.notify import check_slack, notify_channel
 from tasks.policy import NO_CACHE
-from tasks.resolve_sha import resolve_sha
+from tasks.resolve_sha import Resolution, resolve_sha
 from tasks.verify_image import verify_image
 
 T = TypeVar("T")
@@ -84,15 +84,29 @@ def probe_health_once(settings: HealthSettings) -> str:
     return run_health_check(once).verdict.reason
 
 
-def _checked(report: RehearsalReport, name: str, call: Callable[[], T]) -> T | None:
-    """Run one check; its failure is a line of the report, not a failed rehearsal run."""
+def _checked(report: RehearsalReport, name: str, call: Callable[[], T], describe: Callable[[T], str] = str) -> T | None:
+    """Run one check; its failure is a line of the report, not a failed rehearsal run.
+
+    `describe` turns the result into the report's sentence (a dataclass's repr is no sentence for on-call).
+    """
     try:
         result = call()
     except Exception as exc:
         report.check(name, False, describe_error(exc))
         return None
-    report.check(name, True, str(result))
+    report.check(name, True, describe(result))
     return result
+
+
+def describe_resolution(resolution: Resolution) -> str:
+    """The way back in one sentence: `3f2a1bc Fix cart (last known good; running 9c0ffee from docker container
+    label)`, and the resolution's warning when it has one."""
+    if resolution.running:
+        running = f"running {resolution.running[:7]} from {resolution.running_source}"
+    else:
+        running = "the running version is unknown"
+    sentence = f"{resolution.short} {resolution.title} ({resolution.source}; {running})"
+    return f"{sentence}; {resolution.warning}" if resolution.warning else sentence
 
 
 @flow(name="rehearsal", flow_run_name="rehearsal-{mode}-{service}-{environment}", timeout_seconds=3 * 3600)
@@ -146,9 +160,15 @@ def _preflight(scope: Scope, clients: Clients, report: RehearsalReport) -> None:
         report,
         "last known good",
         lambda: resolve_sha(scope, clients.repo, clients.target, clients.registry, None),
+        describe_resolution,
     )
     if resolution is not None:
-        _checked(report, "image", lambda: verify_image(clients.registry, scope.service, resolution.sha).digest)
+        _checked(
+            report,
+            "image",
+            lambda: verify_image(clients.registry, scope.service, resolution.sha),
+            lambda image: f"{image.image} is in the registry ({image.digest})",
+        )
     _checked(report, "deploy target", lambda: preflight_deploy(clients.target))
     _checked(report, "health probes", lambda: probe_health_once(scope.settings.health))
     problem = check_slack(clients.slack)
@@ -170,6 +190,7 @@ def _drill(scope: Scope, report: RehearsalReport) -> None:
                 reason="rehearsal drill",
             )
         ),
+        describe_rollback,
     )
     if not isinstance(back, RollbackSummary):
         return
@@ -185,9 +206,17 @@ def _drill(scope: Scope, report: RehearsalReport) -> None:
                 reason="rehearsal drill: forward again",
             )
         ),
+        describe_rollback,
     )
     if isinstance(forward, RollbackSummary):
         report.timings["roll forward (to healthy)"] = forward.time_to_recovery or 0.0
+
+
+def describe_rollback(summary: RollbackSummary) -> str:
+    """A drill's rollback in one sentence: `9c0ffee -> 3f2a1bc: recovered, healthy after 42.0 s`."""
+    shas = f"{(summary.from_sha or 'unknown')[:7]} -> {(summary.to_sha or 'unknown')[:7]}"
+    healthy = f", healthy after {summary.time_to_recovery:.1f} s" if summary.time_to_recovery is not None else ""
+    return f"{shas}: {summary.outcome}{healthy}"
 
 
 def _summary(result: object) -> RollbackSummary:

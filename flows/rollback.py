@@ -41,6 +41,7 @@ from tasks.deploy import deploy, finish_deploy, preflight_deploy
 from tasks.github_deployments import close_rollout, find_unfinished_rollout, mark_rolled_back, open_rollout
 from tasks.health_check import check_health, check_metric, check_smoke
 from tasks.postmortem import write_postmortem
+from tasks.progress import StepProgress
 from tasks.ready_target import ReadyCheck, check_ready_target, prepare_ready_target
 from tasks.resolve_sha import Resolution, resolve_sha
 from tasks.verify_image import ImageCheck, verify_image
@@ -195,6 +196,7 @@ def _run(run: _Rollback) -> RollbackSummary:
         raise
     finally:
         run.slack.close()  # what Slack has not taken yet, at most slack.delivery_seconds more (time to recovery is set)
+        run.progress.close()  # the long steps' last progress writes, a bounded moment
         journal.ended_at = utcnow()
         markdown = write_postmortem(journal)
     if not options.dry_run:
@@ -275,6 +277,7 @@ class _Rollback:
         self.slack = slack
         self.options = options
         self._rollout: int | None = None  # the GitHub deployment that records this rollout
+        self.progress = StepProgress()  # the long steps' progress: Prefect artifacts, the Slack root's status
 
     def find_unfinished(self) -> UnfinishedRollout | None:
         """The unfinished rollout to follow, if any: not in a dry run, not when a person asked for another SHA."""
@@ -456,7 +459,7 @@ class _Rollback:
         # (whose resolution may come from the first attempt's cache, before a deploy that died), asks it now.
         said = resolution.running if resolution.running_from_target else None
         asked = unfinished is None and journal.attempt == 1
-        with journal.step("deploy") as step:
+        with journal.step("deploy") as step, self.progress.shown("deploy", self.slack.progress):
             result = deploy(self.clients.target, request, said, asked=asked)
             step.detail = result.detail
             step.state = "skipped" if result.skipped else "completed"
@@ -469,13 +472,13 @@ class _Rollback:
     def check(self) -> None:
         """Seed 3.3: health endpoints, then the error rate, then the key features."""
         journal, settings = self.journal, self.scope.settings
-        with journal.step("health-check") as step:
+        with journal.step("health-check") as step, self.progress.shown("health-check", self.slack.progress):
             report = check_health(settings.health)
             journal.healthy_at = utcnow()
             journal.health_summary = report.summary()
             step.detail = report.verdict.reason
         if settings.metric is not None:
-            with journal.step("metric-check") as step:
+            with journal.step("metric-check") as step, self.progress.shown("metric-check", self.slack.progress):
                 journal.metric_summary = check_metric(settings.metric)
                 step.detail = journal.metric_summary[0] if journal.metric_summary else ""
         if settings.smoke:

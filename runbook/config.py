@@ -31,6 +31,7 @@ from runbook.settings_base import (
     MAX_WAIT_SECONDS,
     Settings,
     UrlStr,
+    dotted_path,
     sha_path,
 )
 
@@ -122,6 +123,13 @@ class SlackSettings(_Model):
         le=MAX_INTERVAL_SECONDS,
         description="after a rollback ends, how long its messages Slack has not taken yet are still tried",
     )
+    progress_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_INTERVAL_SECONDS,
+        description="a long step (deploy, health, error rate) shows how far it is in the root's status once it has "
+        "lasted this long, then at most this often; 0: never",
+    )
 
 
 class RegistrySettings(_Model):
@@ -156,13 +164,37 @@ DeploySettings = Annotated[GitHubActionsTarget | DockerTarget | WebhookTarget, F
 
 
 class Probe(_Model):
-    """One HTTP health endpoint and what a healthy answer looks like."""
+    """One HTTP health endpoint and what a healthy answer looks like.
+
+    `contains` is plain text, so it depends on how the service spaces its JSON (`{"status": "ok"}` does not
+    contain `"status":"ok"`); `json_field` (with `equals`) reads the parsed answer instead.
+    """
 
     url: UrlStr
     name: str | None = None
     method: Literal["GET", "HEAD"] = "GET"
     expect_status: int = Field(default=200, ge=100, le=599)
     contains: str | None = Field(default=None, description="text the body must contain")
+    json_field: str | None = Field(
+        default=None, description="dotted path in the JSON answer that must be present and not null: 'status'"
+    )
+    # bool first: in pydantic's smart mode each value keeps its YAML type (ok: text, 200: a number, true: a bool).
+    equals: bool | int | float | str | None = Field(
+        default=None, description='the value `json_field` must have, compared with its JSON type (200 is not "200")'
+    )
+
+    @field_validator("json_field")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else dotted_path(value, "'status' or 'checks.db.status'")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Probe:
+        if self.equals is not None and self.json_field is None:
+            raise ValueError("'equals' needs 'json_field', the field of the JSON answer it compares")
+        if self.method == "HEAD" and (self.contains is not None or self.json_field is not None):
+            raise ValueError("a HEAD answer has no body: drop 'contains'/'json_field' or use GET")
+        return self
 
     @property
     def label(self) -> str:
@@ -200,10 +232,14 @@ class VersionProbe(_Model):
 
 
 class ScheduleSettings(_Model):
-    """When rehearsals run (cron, in the server's time zone unless `timezone` is set)."""
+    """When rehearsals run (cron, in `timezone`, UTC by default) and when their report is posted in Slack."""
 
     cron: str = "0 10 * * 1"
     timezone: str = "UTC"
+    notify: Literal["on-problem", "always", "never"] = Field(
+        default="on-problem",
+        description="when the report goes to the service's Slack channel: only when not ready, every time, or never",
+    )
 
 
 class EnvironmentSettings(_Model):

@@ -2,11 +2,13 @@
 
 - the probes (`judge_round`, `judge`): healthy once enough consecutive rounds all passed;
 - the error-rate metric (`judge_metric`): held under its threshold long enough (runbook.prometheus reads it);
-- the smoke checks (`json_path_present`, `SmokeReport`): each answer as expected (runbook.smoke sends them).
+- the smoke checks (`json_path_present`, `SmokeReport`): each answer as expected (runbook.smoke sends them);
+- a JSON answer's fields (`json_path_value`, `json_field_problem`): the one walk of a dotted path, for all.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,27 +158,76 @@ class MetricReport:
 # --- the smoke checks -----------------------------------------------------------------------------------
 
 
-def json_path_present(doc: Any, path: str) -> bool:
-    """Whether a dotted path (`data.items.0.id`) leads to a non-null value in a parsed JSON document.
+_MISSING: Any = object()  # what `json_path_value` answers for a path that leads nowhere, told apart from null
 
-    A segment is a key of an object, or the index (0, 1, ...) of an array; keys containing dots cannot be
-    addressed.
+
+def json_path_value(doc: Any, path: str, missing: Any = None) -> Any:
+    """The value at a dotted path (`build.sha`, `data.items.0.id`) of a parsed JSON document, else `missing`.
+
+    The one walk of a JSON answer (version probes, smoke checks, health probes). A segment is a key of an
+    object, or the index (0, 1, ...) of an array; keys containing dots cannot be addressed.
     """
-    if not path:
-        return False
     node = doc
     for part in path.split("."):
-        if isinstance(node, dict):
-            if part not in node:
-                return False
+        if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                return False
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return False
-    return node is not None
+            return missing
+    return node
+
+
+def json_path_present(doc: Any, path: str) -> bool:
+    """Whether a dotted path (`data.items.0.id`) leads to a non-null value in a parsed JSON document."""
+    return bool(path) and json_path_value(doc, path) is not None
+
+
+def json_field_problem(doc: Any, path: str, expected: bool | float | str | None = None) -> str | None:
+    """What is wrong with a field of a JSON answer (missing, null, another value), or None when it is as expected.
+
+    `expected` None asks only for a value that is there and not null. Otherwise the value must be equal AND of
+    the same JSON type: the number 200 is not the string "200", and true is not 1 (Python alone says both are).
+    Values are quoted as JSON, so a message shows the type: `status is "degraded", expected "ok"`.
+    """
+    value = json_path_value(doc, path, _MISSING)
+    if value is _MISSING:
+        return f"no field {path}"
+    if value is None:
+        return f"{path} is null"
+    if expected is None or _same_json(value, expected):
+        return None
+    got, want = _as_json(value), _as_json(expected)
+    if got.strip('"') == want.strip('"'):  # 200 and "200", true and "true": the same text, another type
+        kinds = f"a JSON {_json_type(value)}, not a {_json_type(expected)}"
+        return f"{path} is {got}, expected {want}: {kinds} (to accept it, write equals: {got})"
+    return f"{path} is {got}, expected {want}"
+
+
+def _same_json(value: Any, expected: bool | float | str) -> bool:
+    """Equal and of the same JSON type (a bool is no number, an int and a float are both numbers)."""
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
+    if isinstance(expected, int | float):
+        return isinstance(value, int | float) and value == expected
+    return isinstance(value, str) and value == expected
+
+
+def _json_type(value: Any) -> str:
+    """A value's JSON type name, as a message tells it: `number`, `string`..."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _as_json(value: Any, limit: int = 60) -> str:
+    """A value as JSON, cut to `limit` characters (an answer may hold a large object)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
+from runbook import messages, progress
 from runbook.config import HealthSettings, Probe
 from runbook.errors import HealthCheckError
-from runbook.health import ProbeResult, Verdict, judge
+from runbook.health import ProbeResult, Verdict, json_field_problem, judge
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,23 @@ def probe_once(client: httpx.Client, probe: Probe, timeout: float) -> ProbeResul
     except httpx.HTTPError as exc:
         return ProbeResult(probe.label, False, None, time.perf_counter() - start, type(exc).__name__)
     elapsed = time.perf_counter() - start
+    problem = _answer_problem(response, probe)
+    return ProbeResult(probe.label, problem is None, response.status_code, elapsed, problem or "")
+
+
+def _answer_problem(response: httpx.Response, probe: Probe) -> str | None:
+    """What is wrong with an answer (its status, its text, its JSON field), or None when it is healthy."""
     if response.status_code != probe.expect_status:
-        return ProbeResult(probe.label, False, response.status_code, elapsed, f"expected {probe.expect_status}")
+        return f"expected {probe.expect_status}"
     if probe.contains is not None and probe.contains not in response.text:
-        return ProbeResult(probe.label, False, response.status_code, elapsed, f"body lacks {probe.contains!r}")
-    return ProbeResult(probe.label, True, response.status_code, elapsed)
+        return f"body lacks {probe.contains!r}"
+    if probe.json_field is None:
+        return None
+    try:
+        doc = response.json()
+    except ValueError:  # json.JSONDecodeError and UnicodeDecodeError both are
+        return "not JSON"
+    return json_field_problem(doc, probe.json_field, probe.equals)
 
 
 def run_health_check(settings: HealthSettings) -> HealthReport:
@@ -62,6 +76,7 @@ def run_health_check(settings: HealthSettings) -> HealthReport:
             rounds.append(results)
             verdict = judge(rounds, settings.consecutive_successes)
             report = HealthReport(verdict, len(rounds), time.monotonic() - start, tuple(results))
+            _report_progress(verdict, settings.consecutive_successes, results)
             if verdict.healthy:
                 return report
             if time.monotonic() + settings.interval_seconds >= deadline:
@@ -70,3 +85,17 @@ def run_health_check(settings: HealthSettings) -> HealthReport:
                     hint="the version was deployed but does not answer healthy",
                 )
             time.sleep(settings.interval_seconds)
+
+
+def _report_progress(verdict: Verdict, required: int, results: list[ProbeResult]) -> None:
+    """How far the health check is (runbook/progress.py): rounds passed in a row of those required, or what failed."""
+    failing = next((r for r in results if not r.ok), None)
+    answer = "" if failing is None else ", ".join(filter(None, (_http(failing.status), failing.detail)))
+    passed = min(verdict.streak, required)
+    probe = None if failing is None else failing.probe
+    detail = partial(messages.progress_health, passed=passed, required=required, probe=probe, answer=answer or "-")
+    progress.report(passed / required, detail)
+
+
+def _http(status: int | None) -> str:
+    return "" if status is None else f"HTTP {status}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 import httpx
 
+from runbook import messages, progress
 from runbook.errors import MetricCheckError, PrometheusUnavailableError
 from runbook.health import MetricReport, MetricSample, MetricVerdict, judge_metric, recent_values
 from runbook.verification_settings import MetricCheck
@@ -113,6 +115,7 @@ def run_metric_check(check: MetricCheck) -> MetricReport:
         while True:
             poll.read(client)
             verdict = judge_metric(poll.samples, check.threshold, check.hold_seconds)
+            poll.report_progress(verdict)
             if verdict.ok:
                 return poll.report(verdict)
             if poll.cannot_pass(verdict):
@@ -144,6 +147,21 @@ class _MetricPoll:
         except MetricCheckError as exc:
             verdict = MetricVerdict(False, exc.message)
             raise MetricCheckError(exc.message, hint=exc.hint, report=self.report(verdict)) from None
+
+    def report_progress(self, verdict: MetricVerdict) -> None:
+        """How far the hold is (runbook/progress.py): the seconds held of `hold_seconds`, and the last value."""
+        check = self.check
+        held = min(verdict.held_seconds, check.hold_seconds)
+        fraction = 1.0 if verdict.ok else held / check.hold_seconds if check.hold_seconds else 0.0
+        detail = partial(
+            messages.progress_metric,
+            value=self.samples[-1].value,
+            threshold=check.threshold,
+            held=held,
+            hold=check.hold_seconds,
+            ratio=check.query is None,  # the default query: the share of 5xx answers
+        )
+        progress.report(fraction, detail)
 
     def cannot_pass(self, verdict: MetricVerdict) -> bool:
         """Whether the next sample comes after the deadline, or the hold can no longer complete before it."""

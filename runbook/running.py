@@ -26,6 +26,7 @@ from github.Repository import Repository
 from runbook import repository as repo_api
 from runbook.config import EnvironmentSettings, VersionProbe, WebhookTarget
 from runbook.errors import CommitNotFoundError, VersionUnreadableError
+from runbook.health import json_path_value as json_path_value  # the one walk of a JSON answer, shared
 from runbook.http import without_userinfo
 
 if TYPE_CHECKING:  # runbook.targets imports this module (the webhook's version endpoint)
@@ -65,19 +66,6 @@ def never_went_live(states: Sequence[str]) -> bool:
     releases that are live) leaves it counted as running.
     """
     return not states or states[0] == "error" or all(state in NOT_LIVE_STATES for state in states)
-
-
-def json_path_value(doc: Any, path: str) -> Any:
-    """The value at a dotted path (`build.sha`, `items.0.sha`) of a parsed JSON document, or None."""
-    node = doc
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
 
 
 def commit_sha(value: Any) -> str | None:

@@ -102,6 +102,31 @@ def test_the_shipped_example_is_valid() -> None:
         ),
         (("github", "timeout_seconds"), float("nan"), "github.timeout_seconds: Input should be a finite number"),
         (
+            ("services", "shop", "environments", "production", "health", "probes"),
+            [{"url": "https://shop.example.com/health", "equals": "ok"}],
+            "probes.0: 'equals' needs 'json_field'",
+        ),
+        (
+            ("services", "shop", "environments", "production", "health", "probes"),
+            [{"url": "https://shop.example.com/health", "json_field": "checks..db"}],
+            "probes.0.json_field: must be a dotted path such as 'status'",
+        ),
+        (
+            ("services", "shop", "environments", "production", "health", "probes"),
+            [{"url": "https://shop.example.com/health", "method": "HEAD", "json_field": "status"}],
+            "probes.0: a HEAD answer has no body",
+        ),
+        (
+            ("services", "shop", "environments", "production", "health", "probes"),
+            [{"url": "https://shop.example.com/health", "json_field": "status", "equals": {"a": 1}}],
+            "probes.0.equals",
+        ),
+        (
+            ("services", "shop", "environments", "production", "rehearsal"),
+            {"notify": "sometimes"},
+            "rehearsal.notify: Input should be 'on-problem', 'always' or 'never'",
+        ),
+        (
             ("services", "shop", "environments", "production", "health", "deadline_seconds"),
             30 * 24 * 3600,
             "health.deadline_seconds: Input should be less than or equal to 14400",
@@ -118,6 +143,31 @@ def test_invalid_values_name_the_key(path: tuple[str, ...], value: Any, expected
         parse_config(data, source="runbook.yaml")
     assert expected in str(caught.value)
     assert "ghp_inline_secret_value" not in str(caught.value)
+
+
+def test_a_json_probe_keeps_the_yaml_type_of_equals() -> None:
+    data = _minimal()
+    probes = yaml.safe_load(
+        """
+        - {url: "https://shop.example.com/health", json_field: status, equals: ok}
+        - {url: "https://shop.example.com/health", json_field: code, equals: 200}
+        - {url: "https://shop.example.com/health", json_field: code, equals: "200"}
+        - {url: "https://shop.example.com/health", json_field: up, equals: true}
+        - {url: "https://shop.example.com/health", json_field: checks.db}
+        - {url: "https://shop.example.com/health", method: HEAD}
+        """
+    )
+    data["services"]["shop"]["environments"]["production"]["health"]["probes"] = probes
+    parsed = parse_config(data).environment("shop", "production").health.probes
+    assert [(p.json_field, p.equals) for p in parsed] == [
+        ("status", "ok"),
+        ("code", 200),
+        ("code", "200"),
+        ("up", True),
+        ("checks.db", None),
+        (None, None),
+    ]
+    assert [type(p.equals) for p in parsed[:4]] == [str, int, str, bool]
 
 
 def test_unknown_service_and_environment_list_the_known_ones() -> None:

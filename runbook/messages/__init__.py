@@ -234,3 +234,68 @@ def status_not_run(language: Language, why: str) -> str:
 def status_recovered_earlier(language: Language, run: str) -> str:
     """A service's status in a retried incident's root when an earlier attempt rolled it back (run `run`)."""
     return text("status_recovered_earlier", language, run=run)
+
+
+# --- a long step's progress (runbook/progress.py): the loops' words, the root's status while the step lasts ------
+
+
+def status_progress(ctx: IncidentContext, sha: str, detail: str) -> str:
+    """The root's status during a long step: rolling back to SHA, and how far the step is."""
+    return text("status_progress", ctx.language, short=sha[:7], detail=detail)
+
+
+def elapsed(seconds: float) -> str:
+    """A step's duration so far, as a person reads it: `45 s`, `2 min`, `2 min 5 s` (the same in every language)."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def progress_workflow_run(language: Language, run: int, status: str, seconds: float) -> str:
+    """A workflow run followed (`status`: GitHub's, e.g. queued, in_progress)."""
+    return text("progress_workflow_run", language, run=run, status=status, elapsed=elapsed(seconds))
+
+
+def progress_workflow_run_ended(language: Language, run: int, conclusion: str, seconds: float) -> str:
+    """A workflow run followed to its end (`conclusion`: GitHub's, e.g. success, failure)."""
+    return text("progress_workflow_run_ended", language, run=run, conclusion=conclusion, elapsed=elapsed(seconds))
+
+
+def progress_deploy_api(language: Language, status: str, seconds: float) -> str:
+    """A deploy API's status followed (what it last said: its status, or `HTTP 503`, `no answer`)."""
+    return text("progress_deploy_api", language, status=status, elapsed=elapsed(seconds))
+
+
+def progress_container(language: Language, status: str, seconds: float) -> str:
+    """A just-started container waited for (Docker's status, and its health when it has a HEALTHCHECK)."""
+    return text("progress_container", language, status=status, elapsed=elapsed(seconds))
+
+
+def progress_health(language: Language, passed: int, required: int, probe: str | None, answer: str) -> str:
+    """The health rounds: how many passed in a row, or which probe failed the last one (`probe`) and how."""
+    if probe is not None:
+        return text("progress_health_failing", language, probe=probe, answer=answer, required=required)
+    return text("progress_health", language, passed=passed, required=required)
+
+
+def progress_metric(
+    language: Language, value: float | None, threshold: float, held: float, hold: float, ratio: bool
+) -> str:
+    """The error rate's hold: the last value against the threshold, and how long it has held so far.
+
+    `ratio`: the value is a share (the default 5xx-ratio query), shown as a percentage; else as it is.
+    """
+    hold_text = f"{hold:g}"
+    if value is None:
+        return text("progress_metric_no_value", language, held=f"{held:.0f}", hold=hold_text)
+    shown, limit = (_percent(value), _percent(threshold)) if ratio else (f"{value:.4g}", f"{threshold:g}")
+    if value >= threshold:
+        return text("progress_metric_over", language, value=shown, threshold=limit, hold=hold_text)
+    return text("progress_metric", language, value=shown, threshold=limit, held=f"{held:.0f}", hold=hold_text)
+
+
+def _percent(share: float) -> str:
+    percent = share * 100
+    return f"{percent:.0f} %" if percent >= 10 else f"{percent:.2g} %"

@@ -68,5 +68,18 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
         "incident_failed": ":rotating_light: Incident: {failed} of {count} service(s) not recovered.\n{lines}\n"
         "Action needed: follow each service named here in its Prefect run; the others recovered.",
         "incident_failed_line": "- `{name}`: {why}",
+        # A long step's progress (runbook/progress.py): the root's status while it lasts, the Prefect artifact's text.
+        "status_progress": "*Status:* rolling back to `{short}`: {detail}",
+        "progress_workflow_run": "deploying: workflow run {run} in progress ({status}), {elapsed}",
+        "progress_workflow_run_ended": "deploying: workflow run {run} ended ({conclusion}) after {elapsed}",
+        "progress_deploy_api": "deploying: the deploy API says {status}, {elapsed}",
+        "progress_container": "deploying: the new container is {status}, {elapsed}",
+        "progress_health": "checking health: {passed} of {required} rounds in a row passed",
+        "progress_health_failing": "checking health: `{probe}` fails ({answer}), "
+        "0 of {required} rounds in a row passed",
+        "progress_metric": "error rate {value} < {threshold}: held {held} of {hold} s",
+        "progress_metric_over": "error rate {value} ≥ {threshold}: the hold of {hold} s starts again",
+        "progress_metric_no_value": "error rate: no value (no data, or Prometheus not answering): "
+        "held {held} of {hold} s, paused",
     }
 )

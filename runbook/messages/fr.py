@@ -74,5 +74,18 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
         "incident_failed": ":rotating_light: Incident : {failed} service(s) sur {count} non rétabli(s).\n{lines}\n"
         "Action requise : suivre chaque service nommé dans son run Prefect ; les autres sont rétablis.",
         "incident_failed_line": "- `{name}` : {why}",
+        # A long step's progress (runbook/progress.py): the root's status while it lasts, the Prefect artifact's text.
+        "status_progress": "*Statut :* rollback vers `{short}` en cours : {detail}",
+        "progress_workflow_run": "déploiement : run {run} du workflow en cours ({status}), {elapsed}",
+        "progress_workflow_run_ended": "déploiement : run {run} du workflow terminé ({conclusion}) en {elapsed}",
+        "progress_deploy_api": "déploiement : l'API de déploiement indique {status}, {elapsed}",
+        "progress_container": "déploiement : le nouveau conteneur est {status}, {elapsed}",
+        "progress_health": "contrôle de santé : {passed} tours réussis d'affilée sur {required}",
+        "progress_health_failing": "contrôle de santé : `{probe}` échoue ({answer}), 0 tour réussi d'affilée "
+        "sur {required}",
+        "progress_metric": "taux d'erreur {value} < {threshold} : tenu {held} s sur {hold}",
+        "progress_metric_over": "taux d'erreur {value} ≥ {threshold} : la tenue de {hold} s recommence",
+        "progress_metric_no_value": "taux d'erreur : pas de valeur (pas de données, ou Prometheus ne répond pas) : "
+        "tenu {held} s sur {hold}, en pause",
     }
 )

@@ -32,6 +32,7 @@ from docker.errors import DockerException, NotFound
 from docker.utils import kwargs_from_env
 from requests.exceptions import RequestException
 
+from runbook import messages, progress
 from runbook.config import RunbookConfig
 from runbook.errors import DeployError
 from runbook.registry import RegistryCredentials
@@ -216,7 +217,8 @@ class _StartWatch:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
         self.settle = min(_SETTLE_SECONDS, timeout / 2)
         self.running_since: float | None = None
         self.restarted_since: float | None = None
@@ -241,6 +243,15 @@ class _StartWatch:
         # A container still running this long after start did not crash at once.
         self.running_since = self.running_since or time.monotonic()
         return time.monotonic() - self.running_since >= self.settle
+
+    def report(self, state: Mapping[str, Any], up: bool) -> None:
+        """How far the start is (runbook/progress.py): Docker's status and health; 1 once up, None until then."""
+        health = _health(state)
+        status = f"{state.get('Status')}" + (f" ({health})" if health else "")
+        seconds = time.monotonic() - self.started
+        progress.report(
+            1.0 if up else None, functools.partial(messages.progress_container, status=status, seconds=seconds)
+        )
 
     def timed_out(self, state: Mapping[str, Any]) -> str | None:
         """`was not up within ...` once the deadline has passed, with the last status and health seen."""
@@ -734,7 +745,9 @@ class DockerDeployTarget:
                     return failure
                 time.sleep(0.05)  # poll fast: the next exit is expected within moments
                 continue
-            if watch.up(state):
+            up = watch.up(state)
+            watch.report(state, up)
+            if up:
                 return None
             failure = watch.timed_out(state)
             if failure is not None:

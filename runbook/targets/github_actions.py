@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import requests
@@ -28,6 +29,7 @@ from github import GithubException
 from github.Repository import Repository
 from github.WorkflowRun import WorkflowRun
 
+from runbook import messages, progress
 from runbook import repository as repo_api
 from runbook.config import RunbookConfig
 from runbook.errors import DeployError, GitHubError
@@ -232,7 +234,8 @@ class GitHubActionsDeployTarget:
     # --- following ----------------------------------------------------------------------------------
 
     def _follow(self, run_id: int, link: str, how: str) -> DeployResult:
-        deadline = time.monotonic() + self._settings.timeout_seconds
+        started = time.monotonic()
+        deadline = started + self._settings.timeout_seconds
         status = "queued"
         unreadable_since: float | None = None
         while time.monotonic() < deadline:
@@ -254,6 +257,7 @@ class GitHubActionsDeployTarget:
                         link=link,
                         confirmed=False,
                     )
+            _report(run_id, "unreadable" if unreadable_since else status, conclusion, time.monotonic() - started)
             if status == "completed":
                 if conclusion == "success":
                     return DeployResult(self.name, skipped=False, detail=f"{how}: run {run_id} succeeded", link=link)
@@ -269,6 +273,22 @@ class GitHubActionsDeployTarget:
             hint=f"open {link}: it may still be running; do not start another rollback until it ends",
             changed=None,
         )
+
+
+def _report(run_id: int, status: str, conclusion: str | None, seconds: float) -> None:
+    """How far the run is, for whoever follows the deploy (runbook/progress.py).
+
+    How far a workflow run is cannot be told from its status (elapsed over `timeout_seconds` would say 3 % of
+    a run about to end): None until it completed, 1 once it succeeded.
+    """
+    if status == "completed":
+        fraction = 1.0 if conclusion == "success" else None
+        progress.report(
+            fraction,
+            partial(messages.progress_workflow_run_ended, run=run_id, conclusion=str(conclusion), seconds=seconds),
+        )
+    else:
+        progress.report(None, partial(messages.progress_workflow_run, run=run_id, status=status, seconds=seconds))
 
 
 def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:

@@ -29,11 +29,13 @@ import json
 import logging
 import random
 import time
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from runbook import messages, progress
 from runbook.config import RunbookConfig
 from runbook.errors import DeployError, VersionUnreadableError
 from runbook.http import retry_after, without_userinfo
@@ -354,6 +356,7 @@ class WebhookDeployTarget:
                     last = f"HTTP {response.status_code}"
                 elif status in SUCCEEDED:
                     seconds = time.monotonic() - started
+                    progress.report(1.0, partial(messages.progress_deploy_api, status=status, seconds=seconds))
                     return DeployResult(
                         self.name,
                         skipped=False,
@@ -364,6 +367,9 @@ class WebhookDeployTarget:
                     raise self._failed(answer, deploy_id, link)
                 else:
                     last = status or "no status in the answer"
+            # How far a deploy is cannot be told from its status: None (runbook/progress.py); the API's word, short.
+            seconds = time.monotonic() - started
+            progress.report(None, partial(messages.progress_deploy_api, status=last[:_EXCERPT], seconds=seconds))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeployError(

@@ -33,6 +33,10 @@ def test_preflight_is_ready_and_changes_nothing(sandbox: Sandbox) -> None:
         "health probes",
         "slack",
     ]
+    details = {name: detail for name, _, detail in report.checks}
+    assert details["last known good"].startswith(sandbox.commits.last_known_good[:7] + " ")  # a sentence
+    assert "(last known good; running " + sandbox.commits.broken[:7] in details["last known good"]
+    assert "Resolution(" not in report.markdown() and "ImageCheck(" not in report.markdown()
     assert sandbox.github.mutating_requests() == []
     assert sandbox.slack.messages == [] and sandbox.slack.requests.get("auth.test") == 1
     assert sandbox.app.deploys == [sandbox.commits.broken]

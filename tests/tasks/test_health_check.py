@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from runbook.config import HealthSettings, Probe
 from runbook.errors import HealthCheckError
-from runbook.probes import run_health_check
+from runbook.probes import probe_once, run_health_check
 
 
 class _Service:
@@ -48,7 +49,8 @@ class _Service:
 @pytest.fixture
 def service() -> Iterator[_Service]:
     svc = _Service()
-    thread = threading.Thread(target=svc.server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for it, at every test's teardown (0.5 s by default).
+    thread = threading.Thread(target=svc.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield svc
     svc.server.shutdown()
@@ -90,6 +92,39 @@ def test_expected_text_must_be_in_the_body(service: _Service) -> None:
     service.routes["/health"] = (200, '{"status":"degraded"}', 0.0)
     with pytest.raises(HealthCheckError, match="body lacks"):
         run_health_check(settings.model_copy(update={"deadline_seconds": 0.3, "interval_seconds": 0.05}))
+
+
+def test_a_json_field_is_read_whatever_the_spacing_of_the_answer(service: _Service) -> None:
+    service.routes["/health"] = (200, '{"status": "ok", "checks": {"db": {"status": "ok"}}}', 0.0)
+    probes = [
+        Probe(url=service.url + "/health", json_field="status", equals="ok"),
+        Probe(url=service.url + "/health", json_field="checks.db.status"),
+    ]
+    assert run_health_check(HealthSettings(probes=probes, consecutive_successes=1)).verdict.healthy
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "equals", "detail"),
+    [
+        ('{"status": "ok"}', "status", "ok", ""),
+        ("<html>ok</html>", "status", "ok", "not JSON"),
+        ('{"state": "ok"}', "status", "ok", "no field status"),
+        ('{"status": null}', "status", None, "status is null"),
+        ('{"status": "degraded"}', "status", "ok", 'status is "degraded", expected "ok"'),
+        ('{"checks": [{"up": true}]}', "checks.0.up", 1, "checks.0.up is true, expected 1"),
+        ('{"code": 200}', "code", 200.0, ""),
+        ('{"code": 200}', "code", "200", 'code is 200, expected "200": a JSON number, not a string'),
+    ],
+)
+def test_a_json_probe_says_what_is_wrong(
+    service: _Service, body: str, field: str, equals: str | float | None, detail: str
+) -> None:
+    service.routes["/health"] = (200, body, 0.0)
+    probe = Probe(url=service.url + "/health", json_field=field, equals=equals)
+    with httpx.Client() as client:
+        result = probe_once(client, probe, timeout=2)
+    assert (result.ok, result.status) == (detail == "", 200)
+    assert result.detail.startswith(detail) and (detail or result.detail == "")
 
 
 def test_a_flapping_service_is_not_healthy_until_the_streak_holds(service: _Service) -> None:
