@@ -1,4 +1,5 @@
-"""The Prefect UI, in a real browser: a person starts a rollback with Run > Custom run and sees it complete.
+"""The Prefect UI, in a real browser: a person starts a rollback with Run > Custom run and sees it complete, then
+its artifacts (the slow deploy's progress, the post-mortem) and the post-mortem itself.
 
 Headless Debian Chromium driven by Playwright (no browser download) against the UI of the `prefect_api` server,
 with `runbook serve` (the `served` fixture) running the run. Screenshots go to test-output/.
@@ -125,7 +126,9 @@ def wait_for_log(served: Served, run_id: str, text: str, timeout: float = 60) ->
     raise AssertionError(f"no log line of run {run_id} contains {text!r} after {timeout:.0f} s")
 
 
-def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, output_dir: Path) -> None:
+def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(
+    served: Served, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_playwright_and_chromium()
     from playwright.sync_api import expect
 
@@ -144,6 +147,8 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
     schema = deployment["parameter_openapi_schema"]["properties"]
     ui = served.api.removesuffix("/api")
     blocked: list[str] = []
+    # A deploy of 2.5 s: long enough for a progress artifact (over 2 s); as it was for the tests after this one.
+    monkeypatch.setattr(sandbox.github, "run_step_seconds", 1.25)
 
     with browser_context(served.api, blocked) as context:
         page = context.new_page()
@@ -191,6 +196,23 @@ def test_a_custom_run_from_the_ui_rolls_back_to_the_chosen_sha(served: Served, o
         expect(main.get_by_text(chosen)).to_be_visible(timeout=TIMEOUT_MS)
         page.wait_for_load_state("networkidle")  # the graph's data is in
         page.screenshot(path=str(output_dir / "ui-custom-run.png"), full_page=True)
+
+        # The run's artifacts: the deploy's progress (how far, what now) and the post-mortem, where people look.
+        page.get_by_role("tab", name="Artifacts").click()
+        progress = main.get_by_role(
+            "link", name=re.compile(r"^PROGRESS .*deploying: workflow run \d+ ended \(success\)")
+        )
+        postmortem = main.get_by_role(
+            "link", name=re.compile(r"^MARKDOWN rollback-shop-production .*Post-mortem: recovered")
+        )
+        expect(progress).to_be_visible()
+        expect(postmortem).to_be_visible()
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.screenshot(path=str(output_dir / "ui-run-artifacts.png"))
+        postmortem.click()
+        expect(page.get_by_role("heading", name="Rollback of shop in production: recovered")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Time to recovery:")).first).to_be_visible()
+        full_page_screenshot(page, output_dir / "ui-postmortem.png")
 
     assert run["parameters"]["sha"] == target, run["parameters"]
     assert run["parameters"]["reason"] == "UI test: custom run to the first commit", run["parameters"]
