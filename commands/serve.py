@@ -43,6 +43,7 @@ import httpx
 from commands.warm import WarmRuns
 from runbook.config import CONFIG_ENV_VAR, RunbookConfig, load_config
 from runbook.errors import RunbookError
+from runbook.http import without_userinfo
 from runbook.prefect_calls import BUSY_RETRIES, hear_busy_soon
 from runbook.processes import stop_process
 
@@ -156,7 +157,9 @@ def prefect_here(env: Mapping[str, str]) -> PrefectHere:
     home = Path(env.get("PREFECT_HOME") or SERVE_HOME).expanduser()
     configured = env.get("PREFECT_API_URL")
     if configured:
-        return PrefectHere(configured, home, f"the Prefect server at {configured.removesuffix('/api')}")
+        return PrefectHere(
+            configured, home, f"the Prefect server at {without_userinfo(configured).removesuffix('/api')}"
+        )
     running = _served_from(home / SERVER_FILE)
     if running is not None:
         return PrefectHere(running, home, f"the Prefect server of `runbook serve` at {running.removesuffix('/api')}")
@@ -353,6 +356,9 @@ def serve(
     config_path: Path, *, alerts_host: str = "127.0.0.1", alerts_port: int = 8787, prefect_port: int = PREFECT_PORT
 ) -> None:
     """Serve the deployments (and the alert endpoint) until interrupted; SIGHUP reloads the configuration."""
+    # Until the runner takes SIGTERM over: a stop while starting still stops the Prefect server started here and
+    # removes the record of where it answers (Python's default would end the process on the spot).
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
     os.environ[CONFIG_ENV_VAR] = str(config_path.resolve())
     for key, value in POLL_SETTINGS.items():
         os.environ.setdefault(key, value)
@@ -405,6 +411,11 @@ def serve(
     finally:
         if sock is not None:
             sock.close()
+
+
+def _stopped_while_starting(signum: int, frame: object) -> None:
+    print("stopped while starting", file=sys.stderr, flush=True)
+    raise SystemExit(0)  # the `finally` and `with` blocks on the way out run, as for the runner's own stop
 
 
 def reload(runner: Any, endpoint: AlertEndpoint | None, lock: threading.Lock) -> None:

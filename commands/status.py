@@ -481,7 +481,7 @@ def show_status(
     """What `runbook status` prints (`where`: the Prefect API it reads, in words)."""
     statuses = read_status(config, scopes(config, service, environment))
     now = datetime.now(UTC)
-    return status_json(statuses, now) + "\n" if as_json else render_status(statuses, now, _read_from(where))
+    return status_json(statuses, now) + "\n" if as_json else render_status(statuses, now, where)
 
 
 def show_history(
@@ -492,12 +492,4 @@ def show_history(
     if as_json:
         return history_json(runs) + "\n"
     scope = "/".join(part for part in (service, environment) if part) or "any configured service"
-    return render_history(runs, scope, _read_from(where))
-
-
-def _read_from(where: str) -> str:
-    """The Prefect API read, in words: the server Prefect's settings name, else `where` (a temporary server)."""
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    return f"the Prefect server at {without_userinfo(url).removesuffix('/api')}" if url else where
+    return render_history(runs, scope, where)

@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner, Result
 
 from commands.cli import app
@@ -45,7 +46,9 @@ class World:
     incident_run: str = ""
 
     def cli(self, *arguments: str) -> Result:
-        return CliRunner().invoke(app, [*arguments, "--config", str(self.config)])
+        # As a shell given the test server's address: the command says where it reads from what it is given.
+        api = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        return CliRunner().invoke(app, [*arguments, "--config", str(self.config)], env=api)
 
     def history(self, *arguments: str) -> list[dict[str, Any]]:
         result = self.cli("history", "--json", *arguments)
