@@ -12,6 +12,9 @@ import hmac
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
+
+from runbook.config import SecretRef, WebhookTarget
 
 TOLERANCE_SECONDS = 5 * 60
 
@@ -65,3 +68,16 @@ class WebhookReceiver:
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             self._seen.discard((lowered.get("webhook-id", ""), int(lowered.get("webhook-timestamp", "0") or 0)))
+
+
+def target_settings(url: str, secret_env: str, **overrides: Any) -> WebhookTarget:
+    """The webhook target's settings the tests use: the secret from `secret_env`, short timeouts, a quick poll."""
+    values: dict[str, Any] = {
+        "type": "webhook",
+        "url": url,
+        "secret": SecretRef(env=secret_env),
+        "timeout_seconds": 2.0,
+        "poll_interval_seconds": 0.05,
+        "deadline_seconds": 5.0,
+    }
+    return WebhookTarget.model_validate(values | overrides)

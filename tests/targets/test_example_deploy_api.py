@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from runbook.errors import DeployError
-from runbook.settings_base import SecretRef
 from runbook.targets.base import DeployRequest
 from runbook.targets.webhook import WebhookDeployTarget, request_body, standard_signature
 from runbook.targets.webhook_settings import WebhookTarget
+from tests.support.webhook_receiver import target_settings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,16 +47,7 @@ PINNED = DeployRequest(
 
 
 def settings(url: str, **overrides: Any) -> WebhookTarget:
-    """The target's settings as tests/targets/test_webhook.py builds them: short timeouts, a quick poll."""
-    values: dict[str, Any] = {
-        "type": "webhook",
-        "url": url,
-        "secret": SecretRef(env=ENV),
-        "timeout_seconds": 2.0,
-        "poll_interval_seconds": 0.05,
-        "deadline_seconds": 5.0,
-    }
-    return WebhookTarget.model_validate(values | overrides)
+    return target_settings(url, ENV, **overrides)
 
 
 def _load_example() -> ModuleType:

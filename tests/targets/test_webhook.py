@@ -19,11 +19,10 @@ import httpx
 import pytest
 
 from runbook.errors import DeployError, SecretError
-from runbook.settings_base import SecretRef
 from runbook.targets.base import DeployRequest, DeployTarget
 from runbook.targets.webhook import WebhookDeployTarget, request_body, standard_signature
 from runbook.targets.webhook_settings import WebhookTarget
-from tests.support.webhook_receiver import TOLERANCE_SECONDS, Refused, WebhookReceiver
+from tests.support.webhook_receiver import TOLERANCE_SECONDS, Refused, WebhookReceiver, target_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -193,16 +192,7 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(url: str, **overrides: Any) -> WebhookTarget:
-    values: dict[str, Any] = {
-        "type": "webhook",
-        "url": url,
-        "secret": SecretRef(env=ENV),
-        "timeout_seconds": 2.0,
-        "poll_interval_seconds": 0.05,
-        "deadline_seconds": 5.0,
-    }
-    values.update(overrides)
-    return WebhookTarget.model_validate(values)
+    return target_settings(url, ENV, **overrides)
 
 
 def target(url: str, **overrides: Any) -> WebhookDeployTarget:
