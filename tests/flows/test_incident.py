@@ -97,7 +97,8 @@ def test_an_incident_of_three_services_recovers_them_all_in_one_thread_and_one_p
 ) -> None:
     goods = {service: last_known_good(world, service) for service in SERVICES}
 
-    state = run_incident(configure(world), *SERVICES, reason="5xx everywhere", incident="INC-7")
+    config = configure(world)
+    state = run_incident(config, *SERVICES, reason="5xx everywhere", incident="INC-7")
 
     assert state.is_completed(), state.message
     summary = state.result()
@@ -134,6 +135,20 @@ def test_an_incident_of_three_services_recovers_them_all_in_one_thread_and_one_p
     assert f"`api/{ENVIRONMENT}` deploy started" in markdown and f"**`web/{ENVIRONMENT}` healthy again**" in markdown
     subflows = _subflow_artifact_keys(state.state_details.flow_run_id)
     assert {f"rollback-{s}-{ENVIRONMENT}" for s in SERVICES} <= subflows
+
+    # The UI's Retry of the completed incident: nothing left to do, nothing posted, nothing rolled back again.
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import AwaitingRetry
+
+    said = world.slack.requests
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(state.state_details.flow_run_id, AwaitingRetry(), force=True)
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+    with using_config(config):
+        again = run_flow(incident, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    assert world.slack.requests == said and dispatched(world) == dict.fromkeys(SERVICES, 1)
+    assert again.is_completed() and again.message.startswith("nothing left to do: this incident completed at ")
 
 
 def test_a_service_waits_for_the_one_it_must_follow_and_stays_when_it_did_not_recover(
