@@ -6,7 +6,7 @@ No store of its own: every fact is read from the Prefect API the runs went to.
   `incident` is such a run too, its subflow), newest first, with their parameters and their final state.
 - The step that failed: the run's `rollback-<service>-<environment>-timings` table artifact (structured).
 - From and to SHA, digest, trigger, time to recovery, why it failed: the run's post-mortem, the Markdown artifact
-  `rollback-<service>-<environment>`, its summary lines and versions table as runbook/postmortem.py writes them.
+  `rollback-<service>-<environment>`, read back by runbook/postmortem.py (`postmortem_facts`), which writes it.
   Parsing Markdown is the last resort, taken because nothing structured holds these facts: the flow's result
   (`RollbackSummary`) is not persisted, and where a deployment persists it, it lies in the result storage of the
   process that ran it, out of a shell's reach; the timings table has the steps only; the events carry the SHA
@@ -20,7 +20,6 @@ Reading (`read_status`, `read_history`) is at the edge; what is said (`render_*`
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from runbook.errors import ConfigError, RunbookError
 from runbook.http import without_userinfo
-from runbook.postmortem import artifact_key
+from runbook.postmortem import artifact_key, postmortem_facts
 from runbook.ready import ReadyTarget
 
 if TYPE_CHECKING:
@@ -44,14 +43,6 @@ ROLLBACK_FLOW = "rollback"
 STATUS_ROLLBACKS = 3
 #: Runs whose artifacts are read in one call.
 _RUNS_PER_READ = 50
-
-# The post-mortem's lines this module reads (runbook/postmortem.py renders them).
-_TTR = re.compile(r"^- \*\*Time to recovery:\*\* ([0-9.]+) s$", re.M)
-_TRIGGER = re.compile(r"^- \*\*Trigger:\*\* (.+)$", re.M)
-_FAILURE = re.compile(r"^- \*\*Reason of failure:\*\* (.+)$", re.M)
-_FROM = re.compile(r"^\| from \(running before\) \| `([0-9a-f]{7,40})`", re.M)
-_TO = re.compile(r"^\| to \(rolled back to\) \| `([0-9a-f]{7,40})` \|(.*)$", re.M)
-_DIGEST = re.compile(r"`(sha256:[0-9a-f]{64})`")
 
 
 @dataclass(frozen=True)
@@ -258,20 +249,6 @@ def _rows(artifact: Artifact | None) -> list[dict[str, Any]]:
 
 
 # --- what is said (pure) ------------------------------------------------------------------------------------
-
-
-def postmortem_facts(markdown: str) -> dict[str, str]:
-    """What the post-mortem says that nothing structured holds: trigger, from/to SHA, digest, time to recovery,
-    the reason of failure. Absent lines are absent keys (a run that never wrote its post-mortem has none)."""
-    facts: dict[str, str] = {}
-    for name, pattern in (("ttr", _TTR), ("trigger", _TRIGGER), ("failure", _FAILURE), ("from_sha", _FROM)):
-        if match := pattern.search(markdown):
-            facts[name] = match.group(1).strip()
-    if match := _TO.search(markdown):
-        facts["to_sha"] = match.group(1)
-        if digest := _DIGEST.search(match.group(2)):
-            facts["digest"] = digest.group(1)
-    return facts
 
 
 def failed_step_of(rows: Iterable[dict[str, Any]]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -303,3 +304,26 @@ def _merged(record: Journal, rows: Sequence[ServiceRow]) -> list[tuple[datetime,
     if record.ended_at:
         events.append((record.ended_at, "incident run ended"))
     return sorted(events, key=lambda item: item[0])
+
+
+# The lines `postmortem_facts` reads back, as `_summary` and `_versions` write them (tests/test_pure.py: both ways).
+_TTR = re.compile(r"^- \*\*Time to recovery:\*\* ([0-9.]+) s$", re.M)
+_TRIGGER = re.compile(r"^- \*\*Trigger:\*\* (.+)$", re.M)
+_FAILURE = re.compile(r"^- \*\*Reason of failure:\*\* (.+)$", re.M)
+_FROM = re.compile(r"^\| from \(running before\) \| `([0-9a-f]{7,40})`", re.M)
+_TO = re.compile(r"^\| to \(rolled back to\) \| `([0-9a-f]{7,40})` \|(.*)$", re.M)
+_DIGEST = re.compile(r"`(sha256:[0-9a-f]{64})`")
+
+
+def postmortem_facts(markdown: str) -> dict[str, str]:
+    """What the post-mortem says that nothing structured holds: trigger, from/to SHA, digest, time to recovery,
+    the reason of failure. Absent lines are absent keys (a run that never wrote its post-mortem has none)."""
+    facts: dict[str, str] = {}
+    for name, pattern in (("ttr", _TTR), ("trigger", _TRIGGER), ("failure", _FAILURE), ("from_sha", _FROM)):
+        if match := pattern.search(markdown):
+            facts[name] = match.group(1).strip()
+    if match := _TO.search(markdown):
+        facts["to_sha"] = match.group(1)
+        if digest := _DIGEST.search(match.group(2)):
+            facts["digest"] = digest.group(1)
+    return facts

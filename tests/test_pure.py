@@ -11,7 +11,7 @@ from runbook.errors import HealthCheckError, InvalidShaError
 from runbook.health import ProbeResult, judge
 from runbook.incident import AlertContext
 from runbook.journal import Journal, describe_error
-from runbook.postmortem import artifact_key, render_markdown, timings_table
+from runbook.postmortem import artifact_key, postmortem_facts, render_markdown, timings_table
 from runbook.repository import was_healthy
 from runbook.running import commit_sha, json_path_value, never_went_live
 from runbook.shas import last_known_good_candidates, normalize_sha
@@ -164,6 +164,15 @@ def test_postmortem_of_a_failure_names_the_step() -> None:
     assert "## Alert" not in markdown and "## Approval" not in markdown  # only what happened
     assert [row["step"] for row in timings_table(record)] == ["resolve-sha", "health-check"]
     assert [row["state"] for row in timings_table(record)] == ["completed", "failed"]
+
+
+def test_what_the_postmortem_says_is_read_back_as_written() -> None:
+    """`runbook status`/`history` read the post-mortem (nothing structured holds these facts): both ways, one module."""
+    recovered, failed = _record("recovered"), _record("failed")
+    common = {"trigger": "alert", "from_sha": D, "to_sha": C, "digest": "sha256:" + "1" * 64}
+    assert postmortem_facts(render_markdown(recovered)) == {**common, "ttr": "42.0"}
+    assert postmortem_facts(render_markdown(failed)) == {**common, "failure": "not healthy after 300 s"}
+    assert postmortem_facts("") == {}
 
 
 def test_artifact_keys_are_prefect_safe() -> None:
